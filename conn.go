@@ -1,0 +1,182 @@
+package warmpg
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+)
+
+// Every wrapped connection has these. The optional interfaces database/sql
+// treats the same whether they are missing or answer "not supported"
+// (Pinger: nil; ExecerContext, QueryerContext: driver.ErrSkip;
+// ConnPrepareContext, ConnBeginTx: the fallbacks database/sql itself would
+// use) are always declared and fall back exactly as database/sql would.
+//
+// SessionResetter and Validator are warmpg's own: ResetSession is where the
+// reset mode runs, IsValid where a closed connection is dropped before it goes
+// back to the pool. Declaring both makes database/sql keep a connection after
+// rolling back a transaction whose context was cancelled; that is safe because
+// IsValid reports a connection the inner driver closed (pgx closes it when a
+// rollback fails) and ResetSession refuses one that is still in a transaction.
+var (
+	_ driver.Conn               = (*conn)(nil)
+	_ driver.ConnBeginTx        = (*conn)(nil)
+	_ driver.ConnPrepareContext = (*conn)(nil)
+	_ driver.ExecerContext      = (*conn)(nil)
+	_ driver.QueryerContext     = (*conn)(nil)
+	_ driver.Pinger             = (*conn)(nil)
+	_ driver.SessionResetter    = (*conn)(nil)
+	_ driver.Validator          = (*conn)(nil)
+
+	// NamedValueChecker changes how database/sql converts arguments, so it is
+	// declared only when the inner connection has it (pgx, lib/pq and
+	// go-sqlmock do).
+	_ driver.NamedValueChecker = connNVC{}
+)
+
+// conn wraps an inner driver.Conn.
+type conn struct {
+	inner driver.Conn
+	c     *Connector
+}
+
+// connNVC is a conn whose inner connection is a driver.NamedValueChecker.
+type connNVC struct{ *conn }
+
+func (c connNVC) CheckNamedValue(nv *driver.NamedValue) error {
+	return c.inner.(driver.NamedValueChecker).CheckNamedValue(nv)
+}
+
+func wrapConn(inner driver.Conn, c *Connector) driver.Conn {
+	w := &conn{inner: inner, c: c}
+	if _, ok := inner.(driver.NamedValueChecker); ok {
+		return connNVC{w}
+	}
+	return w
+}
+
+// Unwrap returns the driver connection warmpg wraps: for the pgx backend a
+// *stdlib.Conn, for lib/pq its connection, else whatever the inner connector
+// returned.
+func (c *conn) Unwrap() driver.Conn { return c.inner }
+
+// Unwrap returns the inner driver connection of a warmpg connection, as
+// handed to the function given to (*sql.Conn).Raw, and returns anything else
+// unchanged:
+//
+//	err := sqlConn.Raw(func(dc any) error {
+//		pgxConn := warmpg.Unwrap(dc).(*stdlib.Conn).Conn()
+//		...
+//	})
+func Unwrap(driverConn any) any {
+	if u, ok := driverConn.(interface{ Unwrap() driver.Conn }); ok {
+		return u.Unwrap()
+	}
+	return driverConn
+}
+
+func (c *conn) Prepare(query string) (driver.Stmt, error) { return c.inner.Prepare(query) }
+
+func (c *conn) Close() error { return c.inner.Close() }
+
+func (c *conn) Begin() (driver.Tx, error) {
+	return c.inner.Begin() //nolint:staticcheck // the legacy method is part of driver.Conn
+}
+
+// BeginTx passes to the inner connection, or does what database/sql does for
+// a connection without ConnBeginTx.
+func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if bt, ok := c.inner.(driver.ConnBeginTx); ok {
+		return bt.BeginTx(ctx, opts)
+	}
+	if opts.Isolation != driver.IsolationLevel(0) {
+		return nil, errors.New("sql: driver does not support non-default isolation level")
+	}
+	if opts.ReadOnly {
+		return nil, errors.New("sql: driver does not support read-only transactions")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	tx, err := c.inner.Begin() //nolint:staticcheck // fallback for drivers without BeginTx
+	if err == nil && ctx.Err() != nil {
+		tx.Rollback()
+		return nil, ctx.Err()
+	}
+	return tx, err
+}
+
+// PrepareContext passes to the inner connection, or does what database/sql
+// does for a connection without ConnPrepareContext.
+func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
+		return p.PrepareContext(ctx, query)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := c.inner.Prepare(query)
+	if err == nil && ctx.Err() != nil {
+		st.Close()
+		return nil, ctx.Err()
+	}
+	return st, err
+}
+
+// ExecContext passes to the inner connection's ExecerContext or legacy
+// Execer, else returns driver.ErrSkip so database/sql prepares the statement.
+func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	switch e := c.inner.(type) {
+	case driver.ExecerContext:
+		return e.ExecContext(ctx, query, args)
+	case driver.Execer: //nolint:staticcheck // legacy drivers
+		values, err := namedValuesToValues(args)
+		if err != nil {
+			return nil, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return e.Exec(query, values)
+	}
+	return nil, driver.ErrSkip
+}
+
+// QueryContext passes to the inner connection's QueryerContext or legacy
+// Queryer, else returns driver.ErrSkip so database/sql prepares the statement.
+func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	switch q := c.inner.(type) {
+	case driver.QueryerContext:
+		return q.QueryContext(ctx, query, args)
+	case driver.Queryer: //nolint:staticcheck // legacy drivers
+		values, err := namedValuesToValues(args)
+		if err != nil {
+			return nil, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return q.Query(query, values)
+	}
+	return nil, driver.ErrSkip
+}
+
+func namedValuesToValues(named []driver.NamedValue) ([]driver.Value, error) {
+	values := make([]driver.Value, len(named))
+	for i, nv := range named {
+		if nv.Name != "" {
+			return nil, errors.New("sql: driver does not support the use of Named Parameters")
+		}
+		values[i] = nv.Value
+	}
+	return values, nil
+}
+
+// Ping passes to the inner connection; without a Pinger it returns nil, as
+// database/sql does.
+func (c *conn) Ping(ctx context.Context) error {
+	if p, ok := c.inner.(driver.Pinger); ok {
+		return p.Ping(ctx)
+	}
+	return nil
+}

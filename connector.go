@@ -1,0 +1,222 @@
+package warmpg
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/lib/pq"
+)
+
+var (
+	_ driver.Connector = (*Connector)(nil)
+	_ io.Closer        = (*Connector)(nil)
+)
+
+// Connector is warmpg's driver.Connector: it opens connections through an
+// inner connector and wraps each one (see Unwrap). Use it with sql.OpenDB, or
+// let sql.Open("warmpg", dsn), Open or NewConnector build it.
+type Connector struct {
+	inner driver.Connector
+	cfg   config
+	drv   *Driver
+
+	connects      atomic.Int64
+	connectErrors atomic.Int64
+	closed        atomic.Bool
+}
+
+// OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
+// libpq key=value pairs) and the WARMPG_POOL_* environment, applies opts, and
+// returns a Connector for the backend pool_backend names (pgx by default).
+// The DSN without its pool_* keys goes to the backend untouched.
+func OpenConnector(dsn string, opts ...Option) (*Connector, error) {
+	cfg, inner, err := parseConfig(dsn, opts)
+	if err != nil {
+		return nil, err
+	}
+	ic, err := backendConnector(cfg.backend, inner)
+	if err != nil {
+		return nil, redact(fmt.Errorf("warmpg: %s backend rejected the DSN: %w", cfg.backend, err), cfg.secrets)
+	}
+	return newConnector(ic, cfg), nil
+}
+
+// parseConfig builds a config from, in rising precedence: defaults, the
+// environment, the DSN's pool_* keys, opts. It returns the DSN for the inner
+// driver.
+func parseConfig(dsn string, opts []Option) (config, string, error) {
+	cfg := newConfig()
+	inner, pool, secrets, err := splitDSN(dsn)
+	cfg.secrets = secrets
+	if err != nil {
+		return cfg, "", err
+	}
+	errs := []error{cfg.applyEnv(environ())}
+	for _, p := range pool {
+		errs = append(errs, cfg.setParam("DSN", p.key, p.value))
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	errs = append(errs, cfg.validate())
+	if err := errors.Join(errs...); err != nil {
+		return cfg, "", redact(err, secrets)
+	}
+	return cfg, inner, nil
+}
+
+// backendConnector builds the inner connector for a DSN already stripped of
+// pool_* keys.
+func backendConnector(b Backend, dsn string) (driver.Connector, error) {
+	switch b {
+	case BackendPQ:
+		return pq.NewConnector(dsn)
+	default:
+		pc, err := pgx.ParseConfig(dsn)
+		if err != nil {
+			return nil, err
+		}
+		// pgx's stdlib pings on the first reuse of every connection and after
+		// each second of idleness. warmpg's ResetSession decides instead.
+		return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), nil
+	}
+}
+
+func neverPing(context.Context, stdlib.ShouldPingParams) bool { return false }
+
+// NewConnector wraps any driver.Connector: a preconfigured pgx connector
+// (stdlib.GetConnector), a lib/pq one, or a fake in tests (see
+// ConnectorFromDriver for drivers such as go-sqlmock that have no connector).
+// The WARMPG_POOL_* environment applies, then opts. pool_backend has no effect
+// here: inner is the backend.
+func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
+	if inner == nil {
+		return nil, errors.New("warmpg: NewConnector: inner connector is nil")
+	}
+	cfg := newConfig()
+	errs := []error{cfg.applyEnv(environ())}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	errs = append(errs, cfg.validate())
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return newConnector(inner, cfg), nil
+}
+
+func newConnector(inner driver.Connector, cfg config) *Connector {
+	c := &Connector{inner: inner, cfg: cfg}
+	c.drv = &Driver{connector: c}
+	return c
+}
+
+// Connect opens a connection through the inner connector and wraps it.
+// Errors are the inner driver's, unchanged (so the server's message and
+// SQLSTATE stay visible).
+func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	if c.closed.Load() {
+		return nil, errors.New("warmpg: connector is closed")
+	}
+	ic, err := c.inner.Connect(ctx)
+	if err != nil {
+		c.connectErrors.Add(1)
+		return nil, err
+	}
+	c.connects.Add(1)
+	return wrapConn(ic, c), nil
+}
+
+// Driver returns a *Driver whose Connector method leads back to c.
+func (c *Connector) Driver() driver.Driver { return c.drv }
+
+// Close is called by sql.DB.Close. It closes the inner connector if that is
+// an io.Closer. Connect fails after Close.
+func (c *Connector) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	if cl, ok := c.inner.(io.Closer); ok {
+		return cl.Close()
+	}
+	return nil
+}
+
+// Inner returns the connector c wraps.
+func (c *Connector) Inner() driver.Connector { return c.inner }
+
+// applyPool sets db's pool from c's settings.
+func (c *Connector) applyPool(db *sql.DB) { c.cfg.applyPool(db, ^uint32(0)) }
+
+// applyPool applies the pool settings whose bits are in which (all of them
+// for a warmpg DB, where an unset one means its default; only the explicitly
+// set ones for a DB warmpg did not open).
+func (cfg *config) applyPool(db *sql.DB, which uint32) {
+	if which&bitMaxConns != 0 {
+		db.SetMaxOpenConns(cfg.maxConns)
+	}
+	if which&(bitMaxIdleConns|bitMaxConns) != 0 {
+		db.SetMaxIdleConns(cfg.idleConns())
+	}
+	if which&bitMaxConnLifetime != 0 {
+		db.SetConnMaxLifetime(cfg.maxConnLifetime)
+	}
+	if which&bitMaxConnIdleTime != 0 {
+		db.SetConnMaxIdleTime(cfg.maxConnIdleTime)
+	}
+}
+
+// Open returns a *sql.DB for dsn with the pool settings from the DSN, the
+// environment and opts already applied (unlike sql.Open, which cannot reach
+// the pool). With pool_prewarm it also warms the pool before it returns, and
+// fails, closing the DB, if warming fails.
+func Open(dsn string, opts ...Option) (*sql.DB, error) {
+	c, err := OpenConnector(dsn, opts...)
+	if err != nil {
+		return nil, err
+	}
+	db := sql.OpenDB(c)
+	c.applyPool(db)
+	if c.cfg.prewarm {
+		if _, err := WarmDB(context.Background(), db); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
+	return db, nil
+}
+
+// connectorOf returns the warmpg Connector behind db, if any.
+func connectorOf(db *sql.DB) (*Connector, bool) {
+	d, ok := db.Driver().(*Driver)
+	if !ok || d.connector == nil {
+		return nil, false
+	}
+	return d.connector, true
+}
+
+// ConnectorFromDriver returns a driver.Connector for a driver and a DSN, as
+// database/sql does for sql.Open: through the driver's OpenConnector when it
+// has one, else by calling Open for each connection. It lets NewConnector wrap
+// drivers that offer no connector, such as go-sqlmock's.
+func ConnectorFromDriver(d driver.Driver, dsn string) (driver.Connector, error) {
+	if dc, ok := d.(driver.DriverContext); ok {
+		return dc.OpenConnector(dsn)
+	}
+	return dsnConnector{d, dsn}, nil
+}
+
+type dsnConnector struct {
+	d   driver.Driver
+	dsn string
+}
+
+func (t dsnConnector) Connect(context.Context) (driver.Conn, error) { return t.d.Open(t.dsn) }
+func (t dsnConnector) Driver() driver.Driver                        { return t.d }

@@ -1,0 +1,410 @@
+package warmpg
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Limits on the values warmpg accepts. A PostgreSQL server forks a process per
+// connection; a pool beyond MaxPoolSize connections is a typo, not a plan.
+const (
+	MaxPoolSize        = 10000
+	MaxWarmParallelism = 1000
+	// DefaultWarmTimeout bounds one WarmDB call when pool_warm_timeout is not set.
+	DefaultWarmTimeout = 30 * time.Second
+	// DefaultWarmParallelism is the most connections WarmDB dials at once when
+	// pool_warm_parallelism is not set.
+	DefaultWarmParallelism = 64
+	// defaultMaxIdleConns is database/sql's own default, kept when neither
+	// pool_max_idle_conns nor pool_max_conns is set.
+	defaultMaxIdleConns = 2
+)
+
+// Backend names the driver warmpg wraps when it opens connections from a DSN.
+type Backend string
+
+const (
+	// BackendPgx wraps github.com/jackc/pgx/v5/stdlib. The default.
+	BackendPgx Backend = "pgx"
+	// BackendPQ wraps github.com/lib/pq.
+	BackendPQ Backend = "pq"
+)
+
+// ResetMode says what warmpg does when database/sql hands out a connection that
+// was used before (driver.SessionResetter). See the README for each mode's cost.
+type ResetMode string
+
+const (
+	// ResetNone does nothing (SQLAlchemy reset_on_return=None, no pre-ping).
+	ResetNone ResetMode = "none"
+	// ResetCheck looks at local state only and sends nothing on the clean path.
+	// The default.
+	ResetCheck ResetMode = "check"
+	// ResetPing pings the server before every reuse (SQLAlchemy pool_pre_ping).
+	ResetPing ResetMode = "ping"
+	// ResetRollback sends ROLLBACK before every reuse (SQLAlchemy's default).
+	ResetRollback ResetMode = "rollback"
+	// ResetDiscard sends DISCARD ALL before every reuse (PgBouncer's server_reset_query).
+	ResetDiscard ResetMode = "discard"
+)
+
+// ParseResetMode returns the ResetMode named s, or an error listing the modes.
+func ParseResetMode(s string) (ResetMode, error) {
+	switch m := ResetMode(strings.ToLower(strings.TrimSpace(s))); m {
+	case ResetNone, ResetCheck, ResetPing, ResetRollback, ResetDiscard:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown reset mode %q (want none, check, ping, rollback or discard)", s)
+}
+
+// config is everything warmpg's options set. newConfig holds the defaults.
+type config struct {
+	backend         Backend
+	maxConns        int // 0: no limit (database/sql's default)
+	maxIdleConns    int // valid when set&bitMaxIdle; otherwise derived, see idleConns
+	prewarm         bool
+	reset           ResetMode
+	autocommit      bool
+	maxConnLifetime time.Duration
+	maxConnIdleTime time.Duration
+	warmParallelism int // 0: DefaultWarmParallelism
+	warmTimeout     time.Duration
+	logger          *slog.Logger
+	set             uint32 // which params were set explicitly (DSN, env or option)
+	errs            []error
+	secrets         []string // values never to show in an error (passwords)
+}
+
+func newConfig() config {
+	return config{
+		backend:     BackendPgx,
+		reset:       ResetCheck,
+		warmTimeout: DefaultWarmTimeout,
+	}
+}
+
+// idleConns is the MaxIdleConns warmpg applies and the number WarmDB warms:
+// pool_max_idle_conns if set, else pool_max_conns if set, else database/sql's 2.
+func (c *config) idleConns() int {
+	switch {
+	case c.set&bitMaxIdleConns != 0:
+		return c.maxIdleConns
+	case c.maxConns > 0:
+		return c.maxConns
+	}
+	return defaultMaxIdleConns
+}
+
+// parallelism is how many connections WarmDB dials at once to warm n.
+func (c *config) parallelism(n int) int {
+	p := c.warmParallelism
+	if p == 0 {
+		p = DefaultWarmParallelism
+	}
+	return max(1, min(p, n))
+}
+
+func (c *config) log() *slog.Logger {
+	if c.logger != nil {
+		return c.logger
+	}
+	return slog.Default()
+}
+
+// validate checks the relations between settings; single values were checked
+// when they were parsed.
+func (c *config) validate() error {
+	if err := errors.Join(c.errs...); err != nil {
+		return err
+	}
+	if c.set&bitMaxIdleConns != 0 && c.maxConns > 0 && c.maxIdleConns > c.maxConns {
+		return fmt.Errorf("warmpg: pool_max_idle_conns=%d exceeds pool_max_conns=%d (want pool_max_idle_conns <= pool_max_conns)",
+			c.maxIdleConns, c.maxConns)
+	}
+	return nil
+}
+
+// Bits of config.set.
+const (
+	bitBackend uint32 = 1 << iota
+	bitMaxConns
+	bitMaxIdleConns
+	bitPrewarm
+	bitReset
+	bitAutocommit
+	bitMaxConnLifetime
+	bitMaxConnIdleTime
+	bitWarmParallelism
+	bitWarmTimeout
+)
+
+// param is one pool_* key: its name, the bit it sets, and how to parse it.
+type param struct {
+	key   string
+	bit   uint32
+	parse func(c *config, v string) error
+}
+
+// params lists every key warmpg accepts, in the order the README documents them.
+var params = []param{
+	{"pool_backend", bitBackend, func(c *config, v string) error {
+		switch b := Backend(strings.ToLower(v)); b {
+		case BackendPgx, BackendPQ:
+			c.backend = b
+			return nil
+		}
+		return errors.New("want pgx or pq")
+	}},
+	{"pool_max_conns", bitMaxConns, intParser(func(c *config) *int { return &c.maxConns }, 0, MaxPoolSize)},
+	{"pool_max_idle_conns", bitMaxIdleConns, intParser(func(c *config) *int { return &c.maxIdleConns }, 0, MaxPoolSize)},
+	{"pool_prewarm", bitPrewarm, boolParser(func(c *config) *bool { return &c.prewarm })},
+	{"pool_reset", bitReset, func(c *config, v string) error {
+		m, err := ParseResetMode(v)
+		if err != nil {
+			return errors.New("want none, check, ping, rollback or discard")
+		}
+		c.reset = m
+		return nil
+	}},
+	{"pool_autocommit", bitAutocommit, boolParser(func(c *config) *bool { return &c.autocommit })},
+	{"pool_max_conn_lifetime", bitMaxConnLifetime, durationParser(func(c *config) *time.Duration { return &c.maxConnLifetime }, false)},
+	{"pool_max_conn_idle_time", bitMaxConnIdleTime, durationParser(func(c *config) *time.Duration { return &c.maxConnIdleTime }, false)},
+	{"pool_warm_parallelism", bitWarmParallelism, intParser(func(c *config) *int { return &c.warmParallelism }, 1, MaxWarmParallelism)},
+	{"pool_warm_timeout", bitWarmTimeout, durationParser(func(c *config) *time.Duration { return &c.warmTimeout }, true)},
+}
+
+// maxDuration bounds every duration setting: ten years is already "forever".
+const maxDuration = 10 * 365 * 24 * time.Hour
+
+func intParser(field func(*config) *int, lo, hi int) func(*config, string) error {
+	return func(c *config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < lo || n > hi {
+			return fmt.Errorf("want an integer from %d to %d", lo, hi)
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
+func boolParser(field func(*config) *bool) func(*config, string) error {
+	return func(c *config, v string) error {
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "1", "t", "true", "on", "yes", "y":
+			*field(c) = true
+		case "0", "f", "false", "off", "no", "n":
+			*field(c) = false
+		default:
+			return errors.New("want true or false")
+		}
+		return nil
+	}
+}
+
+func durationParser(field func(*config) *time.Duration, positive bool) func(*config, string) error {
+	return func(c *config, v string) error {
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		want := "want a duration such as 30s, 5m or 1h (0 for none), at most 10 years"
+		if positive {
+			want = "want a positive duration such as 500ms, 30s or 2m, at most 10 years"
+		}
+		if err != nil || d < 0 || (positive && d == 0) || d > maxDuration {
+			return errors.New(want)
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func lookupParam(key string) *param {
+	for i := range params {
+		if params[i].key == key {
+			return &params[i]
+		}
+	}
+	return nil
+}
+
+// knownKeys lists the keys for error messages.
+func knownKeys() string {
+	keys := make([]string, len(params))
+	for i, p := range params {
+		keys[i] = p.key
+	}
+	return strings.Join(keys, ", ")
+}
+
+// setParam parses one pool_* key from source ("DSN" or an environment
+// variable's name) into c. The error names the key, the value and what is
+// allowed; pool_* values are never secrets, so showing them is safe.
+func (c *config) setParam(source, key, value string) error {
+	p := lookupParam(key)
+	if p == nil {
+		return fmt.Errorf("warmpg: unknown %s key %q (known: %s)", source, key, knownKeys())
+	}
+	if err := p.parse(c, value); err != nil {
+		return fmt.Errorf("warmpg: invalid %s %s=%q: %v", source, key, value, err)
+	}
+	c.set |= p.bit
+	return nil
+}
+
+// EnvName returns the environment variable that sets a pool_* key:
+// WARMPG_ and the key in upper case (pool_max_conns: WARMPG_POOL_MAX_CONNS).
+func EnvName(key string) string { return "WARMPG_" + strings.ToUpper(key) }
+
+// applyEnv reads WARMPG_POOL_* variables. An empty variable counts as unset.
+// A WARMPG_POOL_* variable that names no key is an error, like an unknown DSN key.
+func (c *config) applyEnv(environ []string) error {
+	var errs []error
+	for _, kv := range environ {
+		name, value, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "WARMPG_POOL_") || value == "" {
+			continue
+		}
+		key := strings.ToLower(strings.TrimPrefix(name, "WARMPG_"))
+		p := lookupParam(key)
+		if p == nil {
+			errs = append(errs, fmt.Errorf("warmpg: unknown environment variable %s (known: %s)", name, knownEnvNames()))
+			continue
+		}
+		if err := p.parse(c, value); err != nil {
+			errs = append(errs, fmt.Errorf("warmpg: invalid environment variable %s=%q: %v", name, value, err))
+			continue
+		}
+		c.set |= p.bit
+	}
+	return errors.Join(errs...)
+}
+
+func knownEnvNames() string {
+	names := make([]string, len(params))
+	for i, p := range params {
+		names[i] = EnvName(p.key)
+	}
+	return strings.Join(names, ", ")
+}
+
+// environ is os.Environ, replaceable in tests.
+var environ = os.Environ
+
+// An Option changes a warmpg setting from code. Options override the DSN and
+// the environment. An invalid value is reported by the function that takes the
+// options (Open, NewConnector, OpenConnector, WarmDB).
+type Option func(*config)
+
+func optionErr(c *config, key string, v any, want string) {
+	c.errs = append(c.errs, fmt.Errorf("warmpg: invalid option %s=%v: %s", key, v, want))
+}
+
+func intOption(key string, bit uint32, n, lo, hi int, field func(*config) *int) Option {
+	return func(c *config) {
+		if n < lo || n > hi {
+			optionErr(c, key, n, fmt.Sprintf("want an integer from %d to %d", lo, hi))
+			return
+		}
+		*field(c) = n
+		c.set |= bit
+	}
+}
+
+func durationOption(key string, bit uint32, d time.Duration, positive bool, field func(*config) *time.Duration) Option {
+	return func(c *config) {
+		if d < 0 || (positive && d == 0) || d > maxDuration {
+			want := "want a duration from 0 to 10 years"
+			if positive {
+				want = "want a positive duration, at most 10 years"
+			}
+			optionErr(c, key, d, want)
+			return
+		}
+		*field(c) = d
+		c.set |= bit
+	}
+}
+
+// WithBackend selects the driver warmpg wraps when it opens a DSN
+// (pool_backend; default BackendPgx). It has no effect on NewConnector, which
+// is given its inner connector.
+func WithBackend(b Backend) Option {
+	return func(c *config) {
+		if b != BackendPgx && b != BackendPQ {
+			optionErr(c, "pool_backend", b, "want pgx or pq")
+			return
+		}
+		c.backend = b
+		c.set |= bitBackend
+	}
+}
+
+// WithMaxConns sets the most open connections (pool_max_conns, applied with
+// sql.DB.SetMaxOpenConns). Default 0: no limit, database/sql's default.
+func WithMaxConns(n int) Option {
+	return intOption("pool_max_conns", bitMaxConns, n, 0, MaxPoolSize, func(c *config) *int { return &c.maxConns })
+}
+
+// WithMaxIdleConns sets the most idle connections kept (pool_max_idle_conns,
+// applied with sql.DB.SetMaxIdleConns), which is also how many WarmDB warms.
+// Default: pool_max_conns when that is set, else database/sql's 2.
+func WithMaxIdleConns(n int) Option {
+	return intOption("pool_max_idle_conns", bitMaxIdleConns, n, 0, MaxPoolSize, func(c *config) *int { return &c.maxIdleConns })
+}
+
+// WithPrewarm makes Open warm the pool before it returns (pool_prewarm;
+// default false).
+func WithPrewarm(on bool) Option {
+	return func(c *config) { c.prewarm = on; c.set |= bitPrewarm }
+}
+
+// WithReset sets what happens when a used connection is handed out again
+// (pool_reset; default ResetCheck).
+func WithReset(m ResetMode) Option {
+	return func(c *config) {
+		if _, err := ParseResetMode(string(m)); err != nil || m == "" {
+			optionErr(c, "pool_reset", string(m), "want none, check, ping, rollback or discard")
+			return
+		}
+		c.reset = m
+		c.set |= bitReset
+	}
+}
+
+// WithAutocommit runs transactions that cannot write without BEGIN/COMMIT
+// (pool_autocommit; default false).
+func WithAutocommit(on bool) Option {
+	return func(c *config) { c.autocommit = on; c.set |= bitAutocommit }
+}
+
+// WithMaxConnLifetime sets the most time a connection is reused
+// (pool_max_conn_lifetime, applied with sql.DB.SetConnMaxLifetime). Default 0: forever.
+func WithMaxConnLifetime(d time.Duration) Option {
+	return durationOption("pool_max_conn_lifetime", bitMaxConnLifetime, d, false, func(c *config) *time.Duration { return &c.maxConnLifetime })
+}
+
+// WithMaxConnIdleTime sets the most time a connection stays idle
+// (pool_max_conn_idle_time, applied with sql.DB.SetConnMaxIdleTime). Default 0: forever.
+func WithMaxConnIdleTime(d time.Duration) Option {
+	return durationOption("pool_max_conn_idle_time", bitMaxConnIdleTime, d, false, func(c *config) *time.Duration { return &c.maxConnIdleTime })
+}
+
+// WithWarmParallelism bounds how many connections WarmDB dials at once
+// (pool_warm_parallelism; default DefaultWarmParallelism, 1 to MaxWarmParallelism).
+func WithWarmParallelism(n int) Option {
+	return intOption("pool_warm_parallelism", bitWarmParallelism, n, 1, MaxWarmParallelism, func(c *config) *int { return &c.warmParallelism })
+}
+
+// WithWarmTimeout bounds one WarmDB call, on top of its context
+// (pool_warm_timeout; default DefaultWarmTimeout).
+func WithWarmTimeout(d time.Duration) Option {
+	return durationOption("pool_warm_timeout", bitWarmTimeout, d, true, func(c *config) *time.Duration { return &c.warmTimeout })
+}
+
+// WithLogger sets where warmpg logs (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}

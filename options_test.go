@@ -1,0 +1,306 @@
+package warmpg
+
+import (
+	"database/sql"
+	"strings"
+	"testing"
+	"time"
+)
+
+// withEnv replaces the environment warmpg reads for the length of a test.
+func withEnv(t *testing.T, kv ...string) {
+	t.Helper()
+	old := environ
+	environ = func() []string { return kv }
+	t.Cleanup(func() { environ = old })
+}
+
+func TestSplitDSNURL(t *testing.T) {
+	withEnv(t)
+	cases := []struct {
+		dsn, inner string
+		pool       []dsnParam
+	}{
+		{"postgres://u:p@h:5432/db", "postgres://u:p@h:5432/db", nil},
+		{"postgres://u@h/db?sslmode=require&pool_max_conns=60&pool_max_idle_conns=50",
+			"postgres://u@h/db?sslmode=require", []dsnParam{{"pool_max_conns", "60"}, {"pool_max_idle_conns", "50"}}},
+		{"postgresql://h/db?pool_reset=ping", "postgresql://h/db", []dsnParam{{"pool_reset", "ping"}}},
+		{"warmpg://h1,h2:5433/db?application_name=a%20b&pool_prewarm=true&connect_timeout=3",
+			"postgres://h1,h2:5433/db?application_name=a%20b&connect_timeout=3", []dsnParam{{"pool_prewarm", "true"}}},
+		{"WARMPG://h/db", "postgres://h/db", nil},
+		{"postgres://h/db?pool_warm_timeout=1s#frag", "postgres://h/db#frag", []dsnParam{{"pool_warm_timeout", "1s"}}},
+		// Encoding of untouched keys is kept byte for byte.
+		{"postgres://h/db?options=-c%20search_path%3Dx&pool_reset=none", "postgres://h/db?options=-c%20search_path%3Dx", []dsnParam{{"pool_reset", "none"}}},
+	}
+	for _, tc := range cases {
+		inner, pool, _, err := splitDSN(tc.dsn)
+		if err != nil {
+			t.Fatalf("splitDSN(%q): %v", tc.dsn, err)
+		}
+		if inner != tc.inner {
+			t.Errorf("splitDSN(%q) inner = %q, want %q", tc.dsn, inner, tc.inner)
+		}
+		if len(pool) != len(tc.pool) {
+			t.Fatalf("splitDSN(%q) pool = %v, want %v", tc.dsn, pool, tc.pool)
+		}
+		for i := range pool {
+			if pool[i] != tc.pool[i] {
+				t.Errorf("splitDSN(%q) pool[%d] = %v, want %v", tc.dsn, i, pool[i], tc.pool[i])
+			}
+		}
+	}
+}
+
+func TestSplitDSNKeyValue(t *testing.T) {
+	cases := []struct {
+		dsn, inner string
+		pool       []dsnParam
+	}{
+		{"host=h port=5432 dbname=db", "host=h port=5432 dbname=db", nil},
+		{"host=h pool_max_conns=8 dbname=db", "host=h dbname=db", []dsnParam{{"pool_max_conns", "8"}}},
+		{"  host = h   pool_reset = 'ping'  password='a b\\'c'", "host = h password='a b\\'c'", []dsnParam{{"pool_reset", "ping"}}},
+		{"pool_backend=pq", "", []dsnParam{{"pool_backend", "pq"}}},
+		{"", "", nil},
+		{"application_name='x y' pool_prewarm='on'", "application_name='x y'", []dsnParam{{"pool_prewarm", "on"}}},
+	}
+	for _, tc := range cases {
+		inner, pool, _, err := splitDSN(tc.dsn)
+		if err != nil {
+			t.Fatalf("splitDSN(%q): %v", tc.dsn, err)
+		}
+		if inner != tc.inner {
+			t.Errorf("splitDSN(%q) inner = %q, want %q", tc.dsn, inner, tc.inner)
+		}
+		if len(pool) != len(tc.pool) {
+			t.Fatalf("splitDSN(%q) pool = %v, want %v", tc.dsn, pool, tc.pool)
+		}
+		for i := range pool {
+			if pool[i] != tc.pool[i] {
+				t.Errorf("splitDSN(%q) pool[%d] = %v, want %v", tc.dsn, i, pool[i], tc.pool[i])
+			}
+		}
+	}
+}
+
+func TestSplitDSNMalformed(t *testing.T) {
+	for _, dsn := range []string{
+		"host=h dbname",
+		"host=h password='unterminated",
+		"=x",
+		"postgres://h/db?pool_max_conns=%zz",
+	} {
+		if _, _, _, err := splitDSN(dsn); err == nil {
+			t.Errorf("splitDSN(%q): no error", dsn)
+		}
+	}
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	withEnv(t)
+	cfg, _, err := parseConfig("postgres://h/db", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.backend != BackendPgx || cfg.reset != ResetCheck || cfg.maxConns != 0 ||
+		cfg.idleConns() != 2 || cfg.warmTimeout != DefaultWarmTimeout || cfg.prewarm || cfg.autocommit {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	cfg, _, err = parseConfig("postgres://h/db?pool_max_conns=60", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.idleConns(); got != 60 {
+		t.Errorf("pool_max_idle_conns default with pool_max_conns=60: got %d, want 60", got)
+	}
+}
+
+func TestParseConfigEveryKey(t *testing.T) {
+	withEnv(t)
+	dsn := "postgres://h/db?pool_backend=pq&pool_max_conns=60&pool_max_idle_conns=50&pool_prewarm=yes" +
+		"&pool_reset=Rollback&pool_autocommit=1&pool_max_conn_lifetime=1h&pool_max_conn_idle_time=5m" +
+		"&pool_warm_parallelism=16&pool_warm_timeout=2s"
+	cfg, inner, err := parseConfig(dsn, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inner != "postgres://h/db" {
+		t.Errorf("inner = %q", inner)
+	}
+	want := config{backend: BackendPQ, maxConns: 60, maxIdleConns: 50, prewarm: true, reset: ResetRollback,
+		autocommit: true, maxConnLifetime: time.Hour, maxConnIdleTime: 5 * time.Minute, warmParallelism: 16,
+		warmTimeout: 2 * time.Second}
+	if cfg.backend != want.backend || cfg.maxConns != want.maxConns || cfg.maxIdleConns != want.maxIdleConns ||
+		cfg.prewarm != want.prewarm || cfg.reset != want.reset || cfg.autocommit != want.autocommit ||
+		cfg.maxConnLifetime != want.maxConnLifetime || cfg.maxConnIdleTime != want.maxConnIdleTime ||
+		cfg.warmParallelism != want.warmParallelism || cfg.warmTimeout != want.warmTimeout {
+		t.Errorf("got %+v\nwant %+v", cfg, want)
+	}
+	// Every documented key is exercised above.
+	for _, p := range params {
+		if !strings.Contains(dsn, p.key+"=") {
+			t.Errorf("key %s not covered by this test", p.key)
+		}
+	}
+}
+
+func TestParseConfigRejects(t *testing.T) {
+	withEnv(t)
+	cases := []struct {
+		dsn  string
+		want []string // all must appear in the error
+	}{
+		{"postgres://h/db?pool_max_conn=5", []string{`"pool_max_conn"`, "unknown", "pool_max_conns"}},
+		{"postgres://h/db?pool_max_conns=abc", []string{"pool_max_conns", `"abc"`, "0 to 10000"}},
+		{"postgres://h/db?pool_max_conns=-1", []string{"pool_max_conns", `"-1"`, "0 to 10000"}},
+		{"postgres://h/db?pool_max_conns=1e9", []string{"pool_max_conns", `"1e9"`, "0 to 10000"}},
+		{"postgres://h/db?pool_max_conns=1000000000", []string{"pool_max_conns", `"1000000000"`, "0 to 10000"}},
+		{"postgres://h/db?pool_max_idle_conns=10001", []string{"pool_max_idle_conns", `"10001"`}},
+		{"postgres://h/db?pool_reset=sometimes", []string{"pool_reset", `"sometimes"`, "none, check, ping, rollback or discard"}},
+		{"postgres://h/db?pool_prewarm=maybe", []string{"pool_prewarm", `"maybe"`, "true or false"}},
+		{"postgres://h/db?pool_autocommit=2", []string{"pool_autocommit", `"2"`, "true or false"}},
+		{"postgres://h/db?pool_max_conn_lifetime=-5m", []string{"pool_max_conn_lifetime", `"-5m"`, "duration"}},
+		{"postgres://h/db?pool_max_conn_lifetime=30", []string{"pool_max_conn_lifetime", `"30"`, "30s"}},
+		{"postgres://h/db?pool_max_conn_idle_time=forever", []string{"pool_max_conn_idle_time", `"forever"`}},
+		{"postgres://h/db?pool_warm_timeout=0s", []string{"pool_warm_timeout", `"0s"`, "positive"}},
+		{"postgres://h/db?pool_warm_parallelism=0", []string{"pool_warm_parallelism", `"0"`, "1 to 1000"}},
+		{"postgres://h/db?pool_backend=mysql", []string{"pool_backend", `"mysql"`, "pgx or pq"}},
+		{"postgres://h/db?pool_max_conns=10&pool_max_idle_conns=20", []string{"pool_max_idle_conns=20", "pool_max_conns=10"}},
+		{"host=h pool_max_conns=x", []string{"pool_max_conns", `"x"`}},
+		{"host=h pool_nope=1", []string{`"pool_nope"`, "unknown"}},
+	}
+	for _, tc := range cases {
+		_, err := OpenConnector(tc.dsn)
+		if err == nil {
+			t.Errorf("OpenConnector(%q): no error", tc.dsn)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("OpenConnector(%q) error %q does not contain %q", tc.dsn, err, w)
+			}
+		}
+		// sql.Open reports the same error (it calls OpenConnector).
+		if _, err := sql.Open(DriverName, tc.dsn); err == nil {
+			t.Errorf("sql.Open(%q): no error", tc.dsn)
+		}
+	}
+}
+
+func TestReportsEveryBadKey(t *testing.T) {
+	withEnv(t)
+	_, err := OpenConnector("postgres://h/db?pool_max_conns=x&pool_reset=y")
+	if err == nil || !strings.Contains(err.Error(), "pool_max_conns") || !strings.Contains(err.Error(), "pool_reset") {
+		t.Fatalf("want both bad keys named, got %v", err)
+	}
+}
+
+func TestPrecedenceEnvDSNOption(t *testing.T) {
+	withEnv(t, "WARMPG_POOL_MAX_CONNS=5", "WARMPG_POOL_RESET=ping", "WARMPG_POOL_WARM_TIMEOUT=", "PATH=/bin")
+	cfg, _, err := parseConfig("postgres://h/db?pool_reset=none", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.maxConns != 5 {
+		t.Errorf("env WARMPG_POOL_MAX_CONNS: got %d, want 5", cfg.maxConns)
+	}
+	if cfg.reset != ResetNone {
+		t.Errorf("DSN must win over env: reset = %s, want none", cfg.reset)
+	}
+	if cfg.warmTimeout != DefaultWarmTimeout {
+		t.Errorf("empty env var must count as unset: warm timeout %s", cfg.warmTimeout)
+	}
+	cfg, _, err = parseConfig("postgres://h/db?pool_reset=none", []Option{WithReset(ResetDiscard), WithMaxConns(7)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.reset != ResetDiscard || cfg.maxConns != 7 {
+		t.Errorf("options must win: reset %s maxConns %d", cfg.reset, cfg.maxConns)
+	}
+}
+
+func TestEnvRejects(t *testing.T) {
+	withEnv(t, "WARMPG_POOL_MAX_CONNS=lots")
+	_, err := OpenConnector("postgres://h/db")
+	if err == nil || !strings.Contains(err.Error(), "WARMPG_POOL_MAX_CONNS") || !strings.Contains(err.Error(), `"lots"`) {
+		t.Fatalf("want the variable and value named, got %v", err)
+	}
+	withEnv(t, "WARMPG_POOL_MAX_CONN=3")
+	_, err = OpenConnector("postgres://h/db")
+	if err == nil || !strings.Contains(err.Error(), "WARMPG_POOL_MAX_CONN") || !strings.Contains(err.Error(), "unknown") {
+		t.Fatalf("want the unknown variable named, got %v", err)
+	}
+}
+
+func TestOptionRejects(t *testing.T) {
+	withEnv(t)
+	cases := []struct {
+		opt  Option
+		want string
+	}{
+		{WithMaxConns(-1), "pool_max_conns=-1"},
+		{WithMaxConns(MaxPoolSize + 1), "pool_max_conns=10001"},
+		{WithMaxIdleConns(-3), "pool_max_idle_conns=-3"},
+		{WithWarmParallelism(0), "pool_warm_parallelism=0"},
+		{WithWarmTimeout(0), "pool_warm_timeout=0s"},
+		{WithMaxConnLifetime(-time.Second), "pool_max_conn_lifetime=-1s"},
+		{WithMaxConnIdleTime(-time.Second), "pool_max_conn_idle_time=-1s"},
+		{WithReset("sometimes"), "pool_reset=sometimes"},
+		{WithReset(""), "pool_reset="},
+		{WithBackend("mysql"), "pool_backend=mysql"},
+	}
+	for _, tc := range cases {
+		_, err := OpenConnector("postgres://h/db", tc.opt)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want error containing %q, got %v", tc.want, err)
+		}
+		_, err = NewConnector(&fakeConnector{}, tc.opt)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("NewConnector: want error containing %q, got %v", tc.want, err)
+		}
+	}
+}
+
+func TestParseResetMode(t *testing.T) {
+	for _, s := range []string{"none", "check", "ping", "rollback", "discard", " PING "} {
+		if _, err := ParseResetMode(s); err != nil {
+			t.Errorf("ParseResetMode(%q): %v", s, err)
+		}
+	}
+	if _, err := ParseResetMode("always"); err == nil || !strings.Contains(err.Error(), `"always"`) {
+		t.Errorf("ParseResetMode(always): %v", err)
+	}
+}
+
+// A known secret must never show in an error, whichever form and backend.
+func TestErrorsNeverShowPassword(t *testing.T) {
+	withEnv(t)
+	const secret = "Sup3r-S3cret-Pw"
+	dsns := []string{
+		"postgres://app:" + secret + "@h/db?pool_max_conns=x",
+		"postgres://app:" + secret + "@h/db?pool_bogus=1",
+		"postgres://app:" + secret + "@h:notaport/db",
+		"postgres://app:" + secret + "@h/db?sslmode=bogus",
+		"postgres://app:" + secret + "@h/db?pool_backend=pq&sslmode=bogus",
+		"postgres://app@h/db?password=" + secret + "&sslmode=bogus",
+		"host=h password=" + secret + " pool_max_conns=x",
+		"host=h password='" + secret + "' sslmode=bogus",
+		"host=h password=" + secret + " pool_backend=pq sslmode=bogus",
+		"host=h password='" + secret + " unterminated",
+		"host=h password",
+		"postgres://app:" + secret + "@h/db?pool_max_conns=%zz",
+		"postgres://app@h/db?password=" + secret + "%zz",
+	}
+	for _, dsn := range dsns {
+		_, err := OpenConnector(dsn)
+		if err == nil {
+			t.Errorf("OpenConnector(%q): want an error", dsn)
+			continue
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error shows the password: %v", err)
+		}
+		if _, err := sql.Open(DriverName, dsn); err == nil || strings.Contains(err.Error(), secret) {
+			t.Errorf("sql.Open error shows the password or is nil: %v", err)
+		}
+	}
+}

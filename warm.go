@@ -1,0 +1,179 @@
+package warmpg
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// WarmReport is what one WarmDB call did.
+type WarmReport struct {
+	// Requested is how many connections WarmDB set out to hold at once.
+	Requested int
+	// Warmed is how many it held: new connections plus idle ones it found.
+	// They are idle in the pool when WarmDB returns.
+	Warmed int
+	// Failed is Requested - Warmed.
+	Failed int
+	// Parallelism is the most connections dialled at once.
+	Parallelism int
+	// Elapsed is the time from the call to the last connection held or failed.
+	Elapsed time.Duration
+}
+
+// String returns "warmed 48/50 in 23ms".
+func (r WarmReport) String() string {
+	return fmt.Sprintf("warmed %d/%d in %s", r.Warmed, r.Requested, r.Elapsed.Round(time.Microsecond))
+}
+
+// WarmDB opens a pool's connections concurrently and leaves them idle in db,
+// so the first requests find them ready instead of paying a connect each.
+//
+// On a DB opened through warmpg (sql.Open("warmpg", ...), Open, or
+// sql.OpenDB with a *Connector) it first applies the pool settings the DSN,
+// the environment and opts name, then warms pool_max_idle_conns connections.
+// On any other *sql.DB (lib/pq, plain pgx, go-sqlmock) the count must be given
+// with WithMaxIdleConns; WarmDB then also sets db.SetMaxIdleConns to it, since
+// database/sql would otherwise close all but 2 of them, and applies
+// WithMaxConns, WithMaxConnLifetime and WithMaxConnIdleTime if given.
+//
+// It holds the connections at once with db.Conn (so idle ones already in the
+// pool count), dialling at most pool_warm_parallelism at a time, within ctx
+// and pool_warm_timeout, then returns them all to the pool. A count above the
+// DB's MaxOpenConns is refused, since it could never be held at once.
+//
+// When some connections fail, the others stay warm, the report says how many,
+// and the error joins the distinct failures (the server's own message
+// included). The pool stays usable either way. WarmDB logs
+// "warmpg: warmed N/M in T" through log/slog (WithLogger).
+func WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error) {
+	if db == nil {
+		return WarmReport{}, errors.New("warmpg: WarmDB: db is nil")
+	}
+	c, ours := connectorOf(db)
+	cfg := newConfig()
+	if ours {
+		cfg = c.cfg
+		cfg.set = 0 // track what opts set, to apply to db below
+		cfg.errs = nil
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		return WarmReport{}, err
+	}
+	apply := cfg.set
+	if ours {
+		apply = ^uint32(0)
+		cfg.set |= c.cfg.set
+	} else if cfg.set&bitMaxIdleConns == 0 {
+		return WarmReport{}, errors.New("warmpg: WarmDB: db was not opened through warmpg, so the number of connections to warm is unknown: pass warmpg.WithMaxIdleConns(n)")
+	}
+	cfg.applyPool(db, apply)
+
+	n := cfg.idleConns()
+	if maxOpen := db.Stats().MaxOpenConnections; maxOpen > 0 && n > maxOpen {
+		return WarmReport{Requested: n}, fmt.Errorf("warmpg: WarmDB: cannot warm %d connections: the pool allows at most %d open (pool_max_conns / SetMaxOpenConns); lower pool_max_idle_conns or raise pool_max_conns", n, maxOpen)
+	}
+	rep, err := warm(ctx, db, n, cfg.parallelism(n), cfg.warmTimeout)
+	logWarm(cfg.log(), rep, err)
+	return rep, err
+}
+
+// warm holds n connections of db at once, dialling at most p at a time, then
+// returns them all to the pool.
+func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration) (WarmReport, error) {
+	rep := WarmReport{Requested: n, Parallelism: p}
+	start := time.Now()
+	if n == 0 {
+		return rep, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var (
+		mu    sync.Mutex
+		held  = make([]*sql.Conn, 0, n)
+		fails = map[string]*warmFailure{}
+		order []string
+	)
+	var g errgroup.Group
+	g.SetLimit(p)
+	for i := 0; i < n; i++ {
+		if ctx.Err() != nil {
+			// Do not start dials that cannot succeed; count them as failed.
+			mu.Lock()
+			recordFailure(fails, &order, context.Cause(ctx))
+			mu.Unlock()
+			continue
+		}
+		g.Go(func() error {
+			conn, err := db.Conn(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				recordFailure(fails, &order, err)
+				return nil
+			}
+			held = append(held, conn)
+			return nil
+		})
+	}
+	g.Wait()
+	rep.Elapsed = time.Since(start)
+	rep.Warmed = len(held)
+	rep.Failed = n - rep.Warmed
+	for _, c := range held {
+		c.Close() // back to the idle pool
+	}
+	if rep.Failed == 0 {
+		return rep, nil
+	}
+	errs := make([]error, 0, len(order))
+	for _, msg := range order {
+		errs = append(errs, fails[msg])
+	}
+	return rep, fmt.Errorf("warmpg: warmed %d of %d connections, %d failed: %w", rep.Warmed, rep.Requested, rep.Failed, errors.Join(errs...))
+}
+
+// warmFailure is one distinct error and how many connections failed with it.
+type warmFailure struct {
+	err   error
+	count int
+}
+
+func (f *warmFailure) Error() string {
+	if f.count == 1 {
+		return f.err.Error()
+	}
+	return fmt.Sprintf("%d× %v", f.count, f.err)
+}
+
+func (f *warmFailure) Unwrap() error { return f.err }
+
+func recordFailure(fails map[string]*warmFailure, order *[]string, err error) {
+	msg := err.Error()
+	if f, ok := fails[msg]; ok {
+		f.count++
+		return
+	}
+	fails[msg] = &warmFailure{err: err, count: 1}
+	*order = append(*order, msg)
+}
+
+func logWarm(l *slog.Logger, rep WarmReport, err error) {
+	msg := "warmpg: " + rep.String()
+	attrs := []any{"requested", rep.Requested, "warmed", rep.Warmed, "elapsed", rep.Elapsed, "parallelism", rep.Parallelism}
+	if err != nil {
+		l.Warn(msg, append(attrs, "failed", rep.Failed, "error", err)...)
+		return
+	}
+	l.Info(msg, attrs...)
+}
