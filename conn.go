@@ -2,8 +2,12 @@ package warmpg
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // Every wrapped connection has these. The optional interfaces database/sql
@@ -34,10 +38,18 @@ var (
 	_ driver.NamedValueChecker = connNVC{}
 )
 
-// conn wraps an inner driver.Conn.
+// conn wraps an inner driver.Conn. database/sql uses a connection from one
+// goroutine at a time, so its fields need no lock.
 type conn struct {
 	inner driver.Conn
 	c     *Connector
+	pgx   *stdlib.Conn    // inner, when it is pgx's
+	raw   syscall.RawConn // the socket, for check mode's peek; nil if unknown
+	// params holds reportedParams' values at connect (pgx only).
+	params []string
+	// For drivers that report no transaction status: may a statement since
+	// the last reset have opened a transaction or changed the session?
+	maybeTx, maybeSession bool
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -47,8 +59,13 @@ func (c connNVC) CheckNamedValue(nv *driver.NamedValue) error {
 	return c.inner.(driver.NamedValueChecker).CheckNamedValue(nv)
 }
 
-func wrapConn(inner driver.Conn, c *Connector) driver.Conn {
-	w := &conn{inner: inner, c: c}
+// wrapConn wraps inner; raw is the socket the connector saw dialled, if any.
+func wrapConn(inner driver.Conn, c *Connector, raw syscall.RawConn) driver.Conn {
+	w := &conn{inner: inner, c: c, pgx: pgxConn(inner), raw: raw}
+	if w.pgx != nil {
+		w.raw = rawConnOf(w.pgx.Conn().PgConn().Conn())
+		w.snapshotParams()
+	}
 	if _, ok := inner.(driver.NamedValueChecker); ok {
 		return connNVC{w}
 	}
@@ -75,7 +92,10 @@ func Unwrap(driverConn any) any {
 	return driverConn
 }
 
-func (c *conn) Prepare(query string) (driver.Stmt, error) { return c.inner.Prepare(query) }
+func (c *conn) Prepare(query string) (driver.Stmt, error) {
+	c.noteStatement(query)
+	return c.inner.Prepare(query)
+}
 
 func (c *conn) Close() error { return c.inner.Close() }
 
@@ -84,8 +104,23 @@ func (c *conn) Begin() (driver.Tx, error) {
 }
 
 // BeginTx passes to the inner connection, or does what database/sql does for
-// a connection without ConnBeginTx.
+// a connection without ConnBeginTx. With pool_autocommit, a transaction that
+// cannot write (ReadOnly, or any on a pool_read_only pool) at default or
+// read-committed isolation sends nothing: its statements run in autocommit.
+// On a pool_read_only pool every transaction is begun read-only.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	cfg := &c.c.cfg
+	if cfg.readOnly {
+		opts.ReadOnly = true
+	}
+	if cfg.autocommit && opts.ReadOnly &&
+		(opts.Isolation == driver.IsolationLevel(sql.LevelDefault) || opts.Isolation == driver.IsolationLevel(sql.LevelReadCommitted)) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		c.c.stats.acTx.Add(1)
+		return autocommitTx{}, nil
+	}
 	if bt, ok := c.inner.(driver.ConnBeginTx); ok {
 		return bt.BeginTx(ctx, opts)
 	}
@@ -109,6 +144,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 // PrepareContext passes to the inner connection, or does what database/sql
 // does for a connection without ConnPrepareContext.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	c.noteStatement(query)
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
 		return p.PrepareContext(ctx, query)
 	}
@@ -126,6 +162,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // ExecContext passes to the inner connection's ExecerContext or legacy
 // Execer, else returns driver.ErrSkip so database/sql prepares the statement.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	c.noteStatement(query)
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		return e.ExecContext(ctx, query, args)
@@ -145,6 +182,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // QueryContext passes to the inner connection's QueryerContext or legacy
 // Queryer, else returns driver.ErrSkip so database/sql prepares the statement.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	c.noteStatement(query)
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
 		return q.QueryContext(ctx, query, args)
@@ -180,3 +218,10 @@ func (c *conn) Ping(ctx context.Context) error {
 	}
 	return nil
 }
+
+// autocommitTx is the transaction of pool_autocommit: nothing to commit or
+// roll back, each statement committed on its own.
+type autocommitTx struct{}
+
+func (autocommitTx) Commit() error   { return nil }
+func (autocommitTx) Rollback() error { return nil }

@@ -12,17 +12,17 @@ import (
 
 func TestWrapDeclaresNamedValueCheckerOnlyWhenInnerHasIt(t *testing.T) {
 	c := &Connector{}
-	if _, ok := wrapConn(&fakeConn{}, c).(driver.NamedValueChecker); !ok {
+	if _, ok := wrapConn(&fakeConn{}, c, nil).(driver.NamedValueChecker); !ok {
 		t.Error("inner has CheckNamedValue: wrapper must have it")
 	}
-	if _, ok := wrapConn(bareConn{}, c).(driver.NamedValueChecker); ok {
+	if _, ok := wrapConn(bareConn{}, c, nil).(driver.NamedValueChecker); ok {
 		t.Error("inner lacks CheckNamedValue: wrapper must not declare it")
 	}
 }
 
 func TestWrapFallsBackLikeDatabaseSQL(t *testing.T) {
 	ctx := context.Background()
-	w := wrapConn(bareConn{}, &Connector{}).(*conn)
+	w := wrapConn(bareConn{}, &Connector{}, nil).(*conn)
 	if _, err := w.ExecContext(ctx, "x", nil); err != driver.ErrSkip { //nolint:errorlint // database/sql compares with ==
 		t.Errorf("ExecContext without Execer: %v, want driver.ErrSkip itself", err)
 	}

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -27,9 +30,8 @@ type Connector struct {
 	cfg   config
 	drv   *Driver
 
-	connects      atomic.Int64
-	connectErrors atomic.Int64
-	closed        atomic.Bool
+	stats  stats
+	closed atomic.Bool
 }
 
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
@@ -41,7 +43,7 @@ func OpenConnector(dsn string, opts ...Option) (*Connector, error) {
 	if err != nil {
 		return nil, err
 	}
-	ic, err := backendConnector(cfg.backend, inner)
+	ic, err := backendConnector(&cfg, inner)
 	if err != nil {
 		return nil, redact(fmt.Errorf("warmpg: %s backend rejected the DSN: %w", cfg.backend, err), cfg.secrets)
 	}
@@ -73,15 +75,37 @@ func parseConfig(dsn string, opts []Option) (config, string, error) {
 }
 
 // backendConnector builds the inner connector for a DSN already stripped of
-// pool_* keys.
-func backendConnector(b Backend, dsn string) (driver.Connector, error) {
-	switch b {
+// pool_* keys. Settings warmpg adds go in the startup packet, as the DSN's
+// own runtime settings (statement_timeout, application_name, ...) do: no SET
+// after connect, no extra round trip.
+func backendConnector(cfg *config, dsn string) (driver.Connector, error) {
+	switch cfg.backend {
 	case BackendPQ:
-		return pq.NewConnector(dsn)
+		pcfg, err := pq.NewConfig(dsn)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.readOnly {
+			if pcfg.Runtime == nil {
+				pcfg.Runtime = map[string]string{}
+			}
+			pcfg.Runtime["default_transaction_read_only"] = "on"
+		}
+		pc, err := pq.NewConnectorConfig(pcfg)
+		if err != nil {
+			return nil, err
+		}
+		// lib/pq does not expose its socket; this dialer hands it to
+		// Connect for check mode's peek.
+		pc.Dialer(socketDialer{})
+		return pc, nil
 	default:
 		pc, err := pgx.ParseConfig(dsn)
 		if err != nil {
 			return nil, err
+		}
+		if cfg.readOnly {
+			pc.RuntimeParams["default_transaction_read_only"] = "on"
 		}
 		// pgx's stdlib pings on the first reuse of every connection and after
 		// each second of idleness. warmpg's ResetSession decides instead.
@@ -125,13 +149,14 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, errors.New("warmpg: connector is closed")
 	}
-	ic, err := c.inner.Connect(ctx)
+	slot := &socketSlot{}
+	ic, err := c.inner.Connect(context.WithValue(ctx, socketSlotKey{}, slot))
 	if err != nil {
-		c.connectErrors.Add(1)
+		c.stats.connectErrors.Add(1)
 		return nil, err
 	}
-	c.connects.Add(1)
-	return wrapConn(ic, c), nil
+	c.stats.connects.Add(1)
+	return wrapConn(ic, c, slot.raw), nil
 }
 
 // Driver returns a *Driver whose Connector method leads back to c.
@@ -220,3 +245,35 @@ type dsnConnector struct {
 
 func (t dsnConnector) Connect(context.Context) (driver.Conn, error) { return t.d.Open(t.dsn) }
 func (t dsnConnector) Driver() driver.Driver                        { return t.d }
+
+// socketSlot receives the socket a socketDialer dials for one Connect.
+type socketSlot struct{ raw syscall.RawConn }
+
+type socketSlotKey struct{}
+
+// socketDialer is lib/pq's Dialer and DialerContext: a net.Dialer that also
+// puts the socket it dials into the Connect's socketSlot. With
+// sslmode=prefer lib/pq may dial twice; the last socket is the one kept.
+type socketDialer struct{}
+
+func (d socketDialer) Dial(network, address string) (net.Conn, error) {
+	return d.DialContext(context.Background(), network, address)
+}
+
+func (d socketDialer) DialTimeout(network, address string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return d.DialContext(ctx, network, address)
+}
+
+func (socketDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var nd net.Dialer
+	nc, err := nd.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	if slot, ok := ctx.Value(socketSlotKey{}).(*socketSlot); ok {
+		slot.raw = rawConnOf(nc)
+	}
+	return nc, nil
+}

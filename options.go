@@ -70,6 +70,7 @@ type config struct {
 	prewarm         bool
 	reset           ResetMode
 	autocommit      bool
+	readOnly        bool
 	maxConnLifetime time.Duration
 	maxConnIdleTime time.Duration
 	warmParallelism int // 0: DefaultWarmParallelism
@@ -141,6 +142,7 @@ const (
 	bitMaxConnIdleTime
 	bitWarmParallelism
 	bitWarmTimeout
+	bitReadOnly
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -172,6 +174,7 @@ var params = []param{
 		return nil
 	}},
 	{"pool_autocommit", bitAutocommit, boolParser(func(c *config) *bool { return &c.autocommit })},
+	{"pool_read_only", bitReadOnly, boolParser(func(c *config) *bool { return &c.readOnly })},
 	{"pool_max_conn_lifetime", bitMaxConnLifetime, durationParser(func(c *config) *time.Duration { return &c.maxConnLifetime }, false)},
 	{"pool_max_conn_idle_time", bitMaxConnIdleTime, durationParser(func(c *config) *time.Duration { return &c.maxConnIdleTime }, false)},
 	{"pool_warm_parallelism", bitWarmParallelism, intParser(func(c *config) *int { return &c.warmParallelism }, 1, MaxWarmParallelism)},
@@ -374,10 +377,24 @@ func WithReset(m ResetMode) Option {
 	}
 }
 
-// WithAutocommit runs transactions that cannot write without BEGIN/COMMIT
-// (pool_autocommit; default false).
+// WithAutocommit runs transactions that cannot write — sql.TxOptions{ReadOnly:
+// true}, or any transaction on a WithReadOnly pool — at default or
+// read-committed isolation without BEGIN, COMMIT or ROLLBACK: each statement
+// commits on its own (pool_autocommit; default false). The trade-off: the
+// statements of such a transaction share no snapshot, and on a pool that is
+// not read-only the server does not enforce ReadOnly. Repeatable-read,
+// serializable and read-write transactions stay real transactions.
 func WithAutocommit(on bool) Option {
 	return func(c *config) { c.autocommit = on; c.set |= bitAutocommit }
+}
+
+// WithReadOnly makes every connection read-only from its first message
+// (pool_read_only; default false): default_transaction_read_only=on goes in
+// the startup packet, costing no round trip, and every transaction is begun
+// read-only (lib/pq would otherwise send BEGIN READ WRITE, which a hot standby
+// rejects). With WithAutocommit, no transaction on such a pool sends BEGIN.
+func WithReadOnly(on bool) Option {
+	return func(c *config) { c.readOnly = on; c.set |= bitReadOnly }
 }
 
 // WithMaxConnLifetime sets the most time a connection is reused

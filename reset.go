@@ -2,24 +2,252 @@ package warmpg
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql/driver"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
+// What ResetSession does, per mode, when database/sql hands out a connection
+// that was used before:
+//
+//	none      nothing (the inner driver's own ResetSession still runs)
+//	check     local state only; on the clean path nothing is sent. See check.
+//	ping      a ping
+//	rollback  ROLLBACK
+//	discard   discardSQL (DISCARD ALL but for DEALLOCATE ALL, see below)
+//
+// An error that must discard the connection wraps driver.ErrBadConn: a
+// reset never runs a statement of the application's, so the retry
+// database/sql then makes cannot apply anything twice.
+
+// discardSQL is what DISCARD ALL does, without DEALLOCATE ALL: prepared
+// statements belong to the client (pgx's statement cache, database/sql's
+// *sql.Stmt) and must keep working, so they stay. Unlike DISCARD ALL it may
+// run inside the implicit transaction of a multi-statement query.
+const discardSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; " +
+	"SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+
+// reportedParams are the settings the server reports (ParameterStatus) that
+// say who the session is and how it reads and writes data. In check mode a
+// change since connect is reset with discardSQL; if it survives that (the
+// server itself changed, e.g. a promoted standby), the connection is
+// discarded. search_path is reported by PostgreSQL 18 and later only; a
+// setting the server does not report is not checked.
+var reportedParams = []string{
+	"session_authorization", "is_superuser", "default_transaction_read_only", "in_hot_standby",
+	"TimeZone", "DateStyle", "IntervalStyle", "client_encoding", "application_name", "search_path",
+}
+
+// errBadConn wraps driver.ErrBadConn with why warmpg discarded a connection.
+func errBadConn(why string, cause error) error {
+	if cause != nil {
+		return fmt.Errorf("warmpg: %s: %w (%w)", why, driver.ErrBadConn, cause)
+	}
+	return fmt.Errorf("warmpg: %s: %w", why, driver.ErrBadConn)
+}
+
 // ResetSession runs before database/sql hands out a connection that was used
-// before. It refuses (driver.ErrBadConn) a connection the inner driver
-// reports closed or still in a transaction, then runs the inner driver's own
-// reset. For the pgx backend warmpg turns off pgx's ping on first reuse and
-// after a second of idleness, so a clean reuse sends nothing.
+// before. It does what the pool_reset mode says (see the table above), then
+// the inner driver's own ResetSession. For the pgx backend warmpg has turned
+// pgx's ping on first reuse off, so the clean path of check sends nothing.
 func (c *conn) ResetSession(ctx context.Context) error {
-	if c.innerClosed() {
-		return driver.ErrBadConn
+	err := c.reset(ctx)
+	c.maybeTx, c.maybeSession = false, false
+	if err != nil {
+		c.c.stats.discarded.Add(1)
+		return err
 	}
 	if r, ok := c.inner.(driver.SessionResetter); ok {
-		return r.ResetSession(ctx)
+		if err := r.ResetSession(ctx); err != nil {
+			c.c.stats.discarded.Add(1)
+			if !errors.Is(err, driver.ErrBadConn) {
+				// database/sql ignores any other error and reuses the
+				// connection; the inner driver meant it as a refusal.
+				err = errBadConn("inner driver refused the connection", err)
+			}
+			return err
+		}
 	}
 	return nil
+}
+
+func (c *conn) reset(ctx context.Context) error {
+	if c.innerClosed() {
+		return errBadConn("connection closed", nil)
+	}
+	st := &c.c.stats
+	switch c.c.cfg.reset {
+	case ResetNone:
+		st.clean.Add(1)
+		return nil
+	case ResetPing:
+		if err := c.innerPing(ctx); err != nil {
+			return errBadConn("ping before reuse failed", err)
+		}
+		st.pinged.Add(1)
+		return nil
+	case ResetRollback:
+		if err := c.exec(ctx, "ROLLBACK"); err != nil {
+			return errBadConn("ROLLBACK before reuse failed", err)
+		}
+		st.rolledBack.Add(1)
+		return nil
+	case ResetDiscard:
+		if c.maybeInTx() {
+			if err := c.exec(ctx, "ROLLBACK"); err != nil {
+				return errBadConn("ROLLBACK before reuse failed", err)
+			}
+		}
+		if err := c.exec(ctx, discardSQL); err != nil {
+			return errBadConn("session reset before reuse failed", err)
+		}
+		st.reset.Add(1)
+		return nil
+	}
+	return c.check(ctx)
+}
+
+// check is the default mode. It looks, without I/O, at:
+//
+//  1. the socket (a non-blocking MSG_PEEK recv): closed or reset by the
+//     server → discard; bytes the server sent unasked (a FATAL before it
+//     closed, or a harmless notice) → ping, which reads them and fails on a
+//     FATAL;
+//  2. the transaction status: in or after a failed transaction → ROLLBACK
+//     and keep the connection (pgx would discard it and dial anew);
+//  3. the reported settings of reportedParams: changed → discardSQL, and
+//     discard the connection if they are still not as they were.
+//
+// pgx reports transaction status and settings. lib/pq and other drivers
+// report neither, so warmpg reads the statements it passes them instead: a
+// statement that starts with BEGIN or START may have opened a transaction
+// (→ ROLLBACK), one that starts with SET or RESET or calls set_config may
+// have changed the session (→ discardSQL). A change made inside a function
+// is not seen there.
+func (c *conn) check(ctx context.Context) error {
+	st := &c.c.stats
+	switch c.peek() {
+	case peekClosed:
+		return errBadConn("server closed the connection", nil)
+	case peekPending, peekUnknown:
+		if err := c.innerPing(ctx); err != nil {
+			return errBadConn("server sent data unasked and the ping that read it failed", err)
+		}
+		st.pinged.Add(1)
+		if c.innerClosed() {
+			return errBadConn("connection closed", nil)
+		}
+	}
+	rolledBack := false
+	if c.maybeInTx() {
+		if err := c.exec(ctx, "ROLLBACK"); err != nil {
+			return errBadConn("ROLLBACK of a transaction left open failed", err)
+		}
+		st.rolledBack.Add(1)
+		rolledBack = true
+	}
+	if c.sessionChanged() {
+		if err := c.exec(ctx, discardSQL); err != nil {
+			return errBadConn("session reset failed", err)
+		}
+		if c.sessionChanged() {
+			return errBadConn("session settings changed and could not be reset", nil)
+		}
+		st.reset.Add(1)
+		return nil
+	}
+	if !rolledBack {
+		st.clean.Add(1)
+	}
+	return nil
+}
+
+// sessionChanged reports whether a reported setting differs from its value
+// at connect, or, for drivers that report none, whether a statement may
+// have changed the session.
+func (c *conn) sessionChanged() bool {
+	if c.pgx == nil {
+		return c.maybeSession
+	}
+	pg := c.pgx.Conn().PgConn()
+	for i, k := range reportedParams {
+		if pg.ParameterStatus(k) != c.params[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// snapshotParams records the reported settings at connect.
+func (c *conn) snapshotParams() {
+	if c.pgx == nil {
+		return
+	}
+	pg := c.pgx.Conn().PgConn()
+	c.params = make([]string, len(reportedParams))
+	for i, k := range reportedParams {
+		c.params[i] = pg.ParameterStatus(k)
+	}
+}
+
+// txStatus is the server's last reported transaction status: 'I' idle, 'T'
+// in a transaction, 'E' in a failed one; 0 when the driver does not say.
+func (c *conn) txStatus() byte {
+	if c.pgx != nil {
+		return c.pgx.Conn().PgConn().TxStatus()
+	}
+	return 0
+}
+
+// maybeInTx reports whether the connection is, or for a driver that does
+// not say, may be, inside a transaction.
+func (c *conn) maybeInTx() bool {
+	switch c.txStatus() {
+	case 'T', 'E':
+		return true
+	case 0:
+		return c.maybeTx
+	}
+	return false
+}
+
+// innerPing pings through the inner driver; pgx's PgConn.Ping directly, so
+// that pgx's stdlib does not count it as a use.
+func (c *conn) innerPing(ctx context.Context) error {
+	if c.pgx != nil {
+		return c.pgx.Conn().PgConn().Ping(ctx)
+	}
+	if p, ok := c.inner.(driver.Pinger); ok {
+		return p.Ping(ctx)
+	}
+	// No Pinger: a statement is the only way to ask.
+	return c.exec(ctx, "SELECT 1")
+}
+
+// exec runs one reset statement (never an application's) in the simple
+// protocol: one round trip.
+func (c *conn) exec(ctx context.Context, sql string) error {
+	if c.pgx != nil {
+		_, err := c.pgx.Conn().PgConn().Exec(ctx, sql).ReadAll()
+		return err
+	}
+	if e, ok := c.inner.(driver.ExecerContext); ok {
+		_, err := e.ExecContext(ctx, sql, nil)
+		return err
+	}
+	st, err := c.PrepareContext(ctx, sql)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	_, err = st.Exec(nil) //nolint:staticcheck // the only call a bare driver.Stmt has
+	return err
 }
 
 // IsValid runs when a connection goes back to the pool; it does no I/O.
@@ -36,8 +264,109 @@ func (c *conn) IsValid() bool {
 // innerClosed reports, without I/O, whether the inner driver knows its
 // connection is closed.
 func (c *conn) innerClosed() bool {
-	if sc, ok := c.inner.(*stdlib.Conn); ok {
-		return sc.Conn().IsClosed()
+	return c.pgx != nil && c.pgx.Conn().IsClosed()
+}
+
+// peekState is what a non-blocking look at the socket found.
+type peekState int
+
+const (
+	peekEmpty   peekState = iota // nothing pending: healthy
+	peekPending                  // bytes the server sent unasked
+	peekClosed                   // EOF or an error: the server is gone
+	peekUnknown                  // no socket to look at, or no way to look
+)
+
+func (c *conn) peek() peekState {
+	if c.raw == nil {
+		if c.pgx != nil {
+			// pgx over something that is not a socket (a net.Pipe in
+			// tests): ask the server.
+			return peekUnknown
+		}
+		// A driver warmpg cannot see into (a fake, go-sqlmock): nothing
+		// to look at, and nothing to ask it on the clean path.
+		return peekEmpty
+	}
+	return peekSocket(c.raw)
+}
+
+// rawConnOf returns the socket under a driver's net.Conn (under TLS too: the
+// peek looks at TCP, not at TLS records), or nil.
+func rawConnOf(nc net.Conn) syscall.RawConn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// noteStatement records, for drivers that report neither transaction status
+// nor settings, what a statement may have done to the session.
+func (c *conn) noteStatement(query string) {
+	if c.pgx != nil {
+		return
+	}
+	for _, stmt := range strings.Split(query, ";") {
+		switch firstWord(stmt) {
+		case "begin", "start":
+			c.maybeTx = true
+		case "set", "reset":
+			c.maybeSession = true
+		}
+	}
+	if containsFold(query, "set_config") {
+		c.maybeSession = true
+	}
+}
+
+// firstWord returns a statement's first keyword in lower case, skipping
+// white space, -- comments and /* */ comments.
+func firstWord(s string) string {
+	for {
+		s = strings.TrimLeft(s, " \t\r\n\f(")
+		switch {
+		case strings.HasPrefix(s, "--"):
+			i := strings.IndexByte(s, '\n')
+			if i < 0 {
+				return ""
+			}
+			s = s[i+1:]
+			continue
+		case strings.HasPrefix(s, "/*"):
+			i := strings.Index(s, "*/")
+			if i < 0 {
+				return ""
+			}
+			s = s[i+2:]
+			continue
+		}
+		end := 0
+		for end < len(s) && (s[end] >= 'a' && s[end] <= 'z' || s[end] >= 'A' && s[end] <= 'Z' || s[end] == '_') {
+			end++
+		}
+		return strings.ToLower(s[:end])
+	}
+}
+
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
 	}
 	return false
+}
+
+// pgxConn returns inner as a *stdlib.Conn, or nil.
+func pgxConn(inner driver.Conn) *stdlib.Conn {
+	sc, _ := inner.(*stdlib.Conn)
+	return sc
 }

@@ -1,0 +1,38 @@
+//go:build unix
+
+package warmpg
+
+import (
+	"errors"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// peekSocket looks at a socket without reading from it and without
+// blocking: recv(MSG_PEEK|MSG_DONTWAIT) of one byte. EAGAIN means nothing is
+// pending (healthy and idle); 0 bytes means the server closed it; an error
+// (ECONNRESET, ...) means it is gone; a byte means the server sent something
+// nobody asked for. About half a microsecond (DESIGN.md).
+func peekSocket(rc syscall.RawConn) peekState {
+	var (
+		buf  [1]byte
+		n    int
+		rerr error
+	)
+	err := rc.Read(func(fd uintptr) bool {
+		n, _, rerr = unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return true // one look, never wait
+	})
+	switch {
+	case err != nil:
+		return peekClosed
+	case errors.Is(rerr, unix.EAGAIN), errors.Is(rerr, unix.EWOULDBLOCK), errors.Is(rerr, unix.EINTR):
+		return peekEmpty
+	case rerr != nil:
+		return peekClosed
+	case n == 0:
+		return peekClosed
+	}
+	return peekPending
+}

@@ -1,0 +1,56 @@
+package warmpg
+
+import (
+	"database/sql"
+	"fmt"
+	"sync/atomic"
+)
+
+// Counters count what a Connector's connections did since it was created.
+// They complement sql.DBStats, which counts what the pool did.
+type Counters struct {
+	// Connects and ConnectErrors count connections opened and failed.
+	Connects, ConnectErrors int64
+
+	// What happened when a used connection was handed out again, one
+	// outcome per reuse (ResetSession), whatever the mode:
+	Clean      int64 // nothing sent (check found nothing; mode none)
+	Pinged     int64 // a ping (mode ping; check: the server had sent data unasked)
+	RolledBack int64 // a ROLLBACK (mode rollback; check: a transaction was left open)
+	Reset      int64 // the session reset (mode discard; check: settings had changed)
+	Discarded  int64 // refused with driver.ErrBadConn: database/sql took or dialled another
+
+	// AutocommitTxs counts transactions that sent no BEGIN (pool_autocommit).
+	AutocommitTxs int64
+}
+
+// String returns the counters on one line; it holds no DSN and no secret.
+func (s Counters) String() string {
+	return fmt.Sprintf("connects=%d connect_errors=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d",
+		s.Connects, s.ConnectErrors, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs)
+}
+
+type stats struct {
+	connects, connectErrors                           atomic.Int64
+	clean, pinged, rolledBack, reset, discarded, acTx atomic.Int64
+}
+
+// Stats returns the connector's counters.
+func (c *Connector) Stats() Counters {
+	s := &c.stats
+	return Counters{
+		Connects: s.connects.Load(), ConnectErrors: s.connectErrors.Load(),
+		Clean: s.clean.Load(), Pinged: s.pinged.Load(), RolledBack: s.rolledBack.Load(),
+		Reset: s.reset.Load(), Discarded: s.discarded.Load(), AutocommitTxs: s.acTx.Load(),
+	}
+}
+
+// Stats returns warmpg's counters for a DB warmpg opened; ok is false for
+// any other DB.
+func Stats(db *sql.DB) (s Counters, ok bool) {
+	c, ok := connectorOf(db)
+	if !ok {
+		return Counters{}, false
+	}
+	return c.Stats(), true
+}
