@@ -149,6 +149,7 @@ func (c *conn) check(ctx context.Context) error {
 		if err := c.exec(ctx, "ROLLBACK"); err != nil {
 			return errBadConn("ROLLBACK of a transaction left open failed", err)
 		}
+		c.maybeTx = false
 		st.rolledBack.Add(1)
 		rolledBack = true
 	}
@@ -156,6 +157,7 @@ func (c *conn) check(ctx context.Context) error {
 		if err := c.exec(ctx, discardSQL); err != nil {
 			return errBadConn("session reset failed", err)
 		}
+		c.maybeSession = false
 		if c.sessionChanged() {
 			return errBadConn("session settings changed and could not be reset", nil)
 		}

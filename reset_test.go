@@ -1,0 +1,282 @@
+package warmpg
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"testing"
+
+	"github.com/DATA-DOG/go-sqlmock"
+)
+
+// newExactMockDB is newMockDB with exact SQL matching and one connection,
+// so every statement on reuse is visible in order. go-sqlmock hands out the
+// same connection for every Open, so the pool must hold just one.
+func newExactMockDB(t *testing.T, opts ...Option) (*sql.DB, sqlmock.Sqlmock, *Connector) {
+	t.Helper()
+	withEnv(t)
+	mdb, mock, err := sqlmock.NewWithDSN(t.Name(), sqlmock.MonitorPingsOption(true),
+		sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mdb.Close() })
+	inner, err := ConnectorFromDriver(mdb.Driver(), t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConnector(inner, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	db.SetMaxOpenConns(1)
+	t.Cleanup(func() { db.Close() })
+	return db, mock, c
+}
+
+func execOK(t *testing.T, db interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, q string) {
+	t.Helper()
+	if _, err := db.ExecContext(context.Background(), q); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+// Which statements each mode sends when a used connection is handed out
+// again. go-sqlmock fails any statement it was not told to expect, and
+// ExpectationsWereMet fails any it expected and did not get.
+func TestResetModesSQL(t *testing.T) {
+	const work = "UPDATE t SET x = 1"
+	result := sqlmock.NewResult(0, 1)
+	cases := []struct {
+		mode   ResetMode
+		expect func(m sqlmock.Sqlmock) // what one reuse sends
+		want   Counters                // after 2 reuses
+	}{
+		{ResetCheck, func(m sqlmock.Sqlmock) {}, Counters{Clean: 2}},
+		{ResetNone, func(m sqlmock.Sqlmock) {}, Counters{Clean: 2}},
+		{ResetPing, func(m sqlmock.Sqlmock) { m.ExpectPing() }, Counters{Pinged: 2}},
+		{ResetRollback, func(m sqlmock.Sqlmock) { m.ExpectExec("ROLLBACK").WillReturnResult(sqlmock.NewResult(0, 0)) }, Counters{RolledBack: 2}},
+		{ResetDiscard, func(m sqlmock.Sqlmock) { m.ExpectExec(discardSQL).WillReturnResult(sqlmock.NewResult(0, 0)) }, Counters{Reset: 2}},
+	}
+	for _, tc := range cases {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			db, mock, c := newExactMockDB(t, WithReset(tc.mode))
+			mock.ExpectExec(work).WillReturnResult(result)
+			for range 2 {
+				tc.expect(mock)
+				mock.ExpectExec(work).WillReturnResult(result)
+			}
+			for range 3 {
+				execOK(t, db, work)
+			}
+			if err := mock.ExpectationsWereMet(); err != nil {
+				t.Fatal(err)
+			}
+			got := c.Stats()
+			got.Connects = 0
+			if got != tc.want {
+				t.Errorf("counters %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// check mode on a driver that reports no transaction status (lib/pq,
+// go-sqlmock): a BEGIN left open by Exec is rolled back on reuse, a SET is
+// reset, and ordinary statements (UPDATE ... SET included) cost nothing.
+func TestCheckReadsStatementsWhereDriverIsSilent(t *testing.T) {
+	db, mock, c := newExactMockDB(t)
+	ok := sqlmock.NewResult(0, 0)
+	ctx := context.Background()
+
+	mock.ExpectExec("UPDATE t SET x = 1").WillReturnResult(ok)
+	mock.ExpectExec("/* leaky */ begin").WillReturnResult(ok)
+	mock.ExpectExec("ROLLBACK").WillReturnResult(ok) // the reuse
+	mock.ExpectExec("select 1").WillReturnResult(ok)
+	mock.ExpectExec("SET SESSION AUTHORIZATION app_ro").WillReturnResult(ok)
+	mock.ExpectExec(discardSQL).WillReturnResult(ok) // the reuse
+	mock.ExpectExec("select set_config('search_path', 'x', false)").WillReturnResult(ok)
+	mock.ExpectExec(discardSQL).WillReturnResult(ok) // the reuse
+	mock.ExpectExec("select 2").WillReturnResult(ok)
+
+	execOK(t, db, "UPDATE t SET x = 1")
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execOK(t, conn, "/* leaky */ begin")
+	conn.Close()
+	execOK(t, db, "select 1")
+	execOK(t, db, "SET SESSION AUTHORIZATION app_ro")
+	execOK(t, db, "select set_config('search_path', 'x', false)")
+	execOK(t, db, "select 2")
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Fatal(err)
+	}
+	got := c.Stats()
+	if got.RolledBack != 1 || got.Reset != 2 || got.Clean != 2 {
+		t.Errorf("counters %v, want rolled_back=1 reset=2 clean=2", got)
+	}
+}
+
+func TestFirstWord(t *testing.T) {
+	for in, want := range map[string]string{
+		"  BEGIN":                                "begin",
+		"-- c\n start transaction":               "start",
+		"/* x */ /* y */Set x = 1":               "set",
+		"(select 1)":                             "select",
+		"update t set x=1":                       "update",
+		"":                                       "",
+		"-- only a comment":                      "",
+		"/* unterminated":                        "",
+		"reset all":                              "reset",
+		"\n\tbegin isolation level serializable": "begin",
+	} {
+		if got := firstWord(in); got != want {
+			t.Errorf("firstWord(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A failed reset statement discards the connection with driver.ErrBadConn:
+// database/sql then dials a new one, and the application's query succeeds.
+func TestFailedResetDiscards(t *testing.T) {
+	db, mock, c := newExactMockDB(t, WithReset(ResetRollback))
+	ok := sqlmock.NewResult(0, 0)
+	mock.ExpectExec("select 1").WillReturnResult(ok)
+	mock.ExpectExec("ROLLBACK").WillReturnError(errors.New("server gone"))
+	// database/sql retries on a new connection (the same mock, reopened);
+	// a new connection is not reset.
+	mock.ExpectExec("select 2").WillReturnResult(ok)
+	execOK(t, db, "select 1")
+	execOK(t, db, "select 2")
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Stats(); got.Discarded != 1 || got.Connects != 2 {
+		t.Errorf("counters %v, want discarded=1 connects=2", got)
+	}
+}
+
+// An inner ResetSession error that is not driver.ErrBadConn would be ignored
+// by database/sql; warmpg makes it one.
+func TestInnerResetErrorBecomesBadConn(t *testing.T) {
+	withEnv(t)
+	c, _ := NewConnector(&fakeConnector{})
+	w := wrapConn(&refusingConn{}, c, nil).(*conn)
+	err := w.ResetSession(context.Background())
+	if !errors.Is(err, driver.ErrBadConn) {
+		t.Fatalf("got %v, want driver.ErrBadConn", err)
+	}
+}
+
+type refusingConn struct{ bareConn }
+
+func (refusingConn) ResetSession(context.Context) error { return errors.New("no") }
+
+// Autocommit: a transaction that cannot write sends no BEGIN or COMMIT; a
+// read-write, a serializable or a repeatable-read one stays a transaction.
+func TestAutocommitSQL(t *testing.T) {
+	db, mock, c := newExactMockDB(t, WithAutocommit(true), WithReset(ResetNone))
+	ctx := context.Background()
+	rows := func() *sqlmock.Rows { return sqlmock.NewRows([]string{"n"}).AddRow(1) }
+
+	// Read-only at default and read-committed isolation: no BEGIN/COMMIT.
+	for _, iso := range []sql.IsolationLevel{sql.LevelDefault, sql.LevelReadCommitted} {
+		mock.ExpectQuery("select 1").WillReturnRows(rows())
+		tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: iso})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, "select 1").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Rollback of an autocommit transaction sends nothing either.
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	// Read-write: a real transaction.
+	mock.ExpectBegin()
+	mock.ExpectExec("insert into t values (1)").WillReturnResult(sqlmock.NewResult(1, 1))
+	mock.ExpectCommit()
+	tx, err = db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execOK(t, tx, "insert into t values (1)")
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// Read-only but repeatable read: a real transaction (it needs one snapshot).
+	mock.ExpectBegin()
+	mock.ExpectRollback()
+	tx, err = db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: sql.LevelRepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback()
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Stats().AutocommitTxs; got != 3 {
+		t.Errorf("AutocommitTxs %d, want 3", got)
+	}
+}
+
+// On a pool_read_only pool every transaction cannot write: with autocommit
+// none sends BEGIN.
+func TestAutocommitReadOnlyPool(t *testing.T) {
+	db, mock, _ := newExactMockDB(t, WithAutocommit(true), WithReadOnly(true), WithReset(ResetNone))
+	mock.ExpectExec("select 1").WillReturnResult(sqlmock.NewResult(0, 0))
+	tx, err := db.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	execOK(t, tx, "select 1")
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A read-only pool begins every transaction read-only in the inner driver.
+func TestReadOnlyPoolBeginsReadOnly(t *testing.T) {
+	withEnv(t)
+	rec := &txOptsConn{}
+	c, _ := NewConnector(&fakeConnector{newConn: func() driver.Conn { return rec }}, WithReadOnly(true))
+	db := sql.OpenDB(c)
+	defer db.Close()
+	tx, err := db.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback()
+	if !rec.last.ReadOnly {
+		t.Error("inner BeginTx got ReadOnly=false on a pool_read_only pool")
+	}
+}
+
+type txOptsConn struct {
+	bareConn
+	last driver.TxOptions
+}
+
+func (c *txOptsConn) BeginTx(_ context.Context, o driver.TxOptions) (driver.Tx, error) {
+	c.last = o
+	return fakeTx{}, nil
+}
