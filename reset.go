@@ -57,58 +57,62 @@ func errBadConn(why string, cause error) error {
 // the inner driver's own ResetSession. For the pgx backend warmpg has turned
 // pgx's ping on first reuse off, so the clean path of check sends nothing.
 func (c *conn) ResetSession(ctx context.Context) error {
-	err := c.reset(ctx)
+	out, err := c.reset(ctx)
 	c.maybeTx, c.maybeSession = false, false
-	if err != nil {
-		c.c.stats.discarded.Add(1)
-		return err
-	}
-	if r, ok := c.inner.(driver.SessionResetter); ok {
-		if err := r.ResetSession(ctx); err != nil {
-			c.c.stats.discarded.Add(1)
-			if !errors.Is(err, driver.ErrBadConn) {
+	if err == nil {
+		if r, ok := c.inner.(driver.SessionResetter); ok {
+			if err = r.ResetSession(ctx); err != nil && !errors.Is(err, driver.ErrBadConn) {
 				// database/sql ignores any other error and reuses the
 				// connection; the inner driver meant it as a refusal.
 				err = errBadConn("inner driver refused the connection", err)
 			}
-			return err
 		}
 	}
-	return nil
+	if err != nil {
+		out = outDiscarded
+	}
+	c.c.stats.count(out)
+	return err
 }
 
-func (c *conn) reset(ctx context.Context) error {
+// outcome is what one reuse cost, the most expensive step counting.
+type outcome int
+
+const (
+	outClean outcome = iota
+	outPinged
+	outRolledBack
+	outReset
+	outDiscarded
+)
+
+func (c *conn) reset(ctx context.Context) (outcome, error) {
 	if c.innerClosed() {
-		return errBadConn("connection closed", nil)
+		return outDiscarded, errBadConn("connection closed", nil)
 	}
-	st := &c.c.stats
 	switch c.c.cfg.reset {
 	case ResetNone:
-		st.clean.Add(1)
-		return nil
+		return outClean, nil
 	case ResetPing:
 		if err := c.innerPing(ctx); err != nil {
-			return errBadConn("ping before reuse failed", err)
+			return outDiscarded, errBadConn("ping before reuse failed", err)
 		}
-		st.pinged.Add(1)
-		return nil
+		return outPinged, nil
 	case ResetRollback:
 		if err := c.exec(ctx, "ROLLBACK"); err != nil {
-			return errBadConn("ROLLBACK before reuse failed", err)
+			return outDiscarded, errBadConn("ROLLBACK before reuse failed", err)
 		}
-		st.rolledBack.Add(1)
-		return nil
+		return outRolledBack, nil
 	case ResetDiscard:
 		if c.maybeInTx() {
 			if err := c.exec(ctx, "ROLLBACK"); err != nil {
-				return errBadConn("ROLLBACK before reuse failed", err)
+				return outDiscarded, errBadConn("ROLLBACK before reuse failed", err)
 			}
 		}
 		if err := c.exec(ctx, discardSQL); err != nil {
-			return errBadConn("session reset before reuse failed", err)
+			return outDiscarded, errBadConn("session reset before reuse failed", err)
 		}
-		st.reset.Add(1)
-		return nil
+		return outReset, nil
 	}
 	return c.check(ctx)
 }
@@ -130,44 +134,38 @@ func (c *conn) reset(ctx context.Context) error {
 // (→ ROLLBACK), one that starts with SET or RESET or calls set_config may
 // have changed the session (→ discardSQL). A change made inside a function
 // is not seen there.
-func (c *conn) check(ctx context.Context) error {
-	st := &c.c.stats
+func (c *conn) check(ctx context.Context) (outcome, error) {
+	out := outClean
 	switch c.peek() {
 	case peekClosed:
-		return errBadConn("server closed the connection", nil)
+		return outDiscarded, errBadConn("server closed the connection", nil)
 	case peekPending, peekUnknown:
 		if err := c.innerPing(ctx); err != nil {
-			return errBadConn("server sent data unasked and the ping that read it failed", err)
+			return outDiscarded, errBadConn("server sent data unasked and the ping that read it failed", err)
 		}
-		st.pinged.Add(1)
 		if c.innerClosed() {
-			return errBadConn("connection closed", nil)
+			return outDiscarded, errBadConn("connection closed", nil)
 		}
+		out = outPinged
 	}
-	rolledBack := false
 	if c.maybeInTx() {
 		if err := c.exec(ctx, "ROLLBACK"); err != nil {
-			return errBadConn("ROLLBACK of a transaction left open failed", err)
+			return outDiscarded, errBadConn("ROLLBACK of a transaction left open failed", err)
 		}
 		c.maybeTx = false
-		st.rolledBack.Add(1)
-		rolledBack = true
+		out = outRolledBack
 	}
 	if c.sessionChanged() {
 		if err := c.exec(ctx, discardSQL); err != nil {
-			return errBadConn("session reset failed", err)
+			return outDiscarded, errBadConn("session reset failed", err)
 		}
 		c.maybeSession = false
 		if c.sessionChanged() {
-			return errBadConn("session settings changed and could not be reset", nil)
+			return outDiscarded, errBadConn("session settings changed and could not be reset", nil)
 		}
-		st.reset.Add(1)
-		return nil
+		out = outReset
 	}
-	if !rolledBack {
-		st.clean.Add(1)
-	}
-	return nil
+	return out, nil
 }
 
 // sessionChanged reports whether a reported setting differs from its value

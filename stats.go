@@ -12,8 +12,10 @@ type Counters struct {
 	// Connects and ConnectErrors count connections opened and failed.
 	Connects, ConnectErrors int64
 
-	// What happened when a used connection was handed out again, one
-	// outcome per reuse (ResetSession), whatever the mode:
+	// What happened when a used connection was handed out again: one
+	// outcome per reuse (ResetSession), whatever the mode, the most
+	// expensive step counting (a check that pinged and then rolled back
+	// counts as RolledBack):
 	Clean      int64 // nothing sent (check found nothing; mode none)
 	Pinged     int64 // a ping (mode ping; check: the server had sent data unasked)
 	RolledBack int64 // a ROLLBACK (mode rollback; check: a transaction was left open)
@@ -33,6 +35,21 @@ func (s Counters) String() string {
 type stats struct {
 	connects, connectErrors                           atomic.Int64
 	clean, pinged, rolledBack, reset, discarded, acTx atomic.Int64
+}
+
+func (s *stats) count(o outcome) {
+	switch o {
+	case outClean:
+		s.clean.Add(1)
+	case outPinged:
+		s.pinged.Add(1)
+	case outRolledBack:
+		s.rolledBack.Add(1)
+	case outReset:
+		s.reset.Add(1)
+	default:
+		s.discarded.Add(1)
+	}
 }
 
 // Stats returns the connector's counters.
