@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
 )
@@ -50,6 +51,8 @@ type conn struct {
 	// For drivers that report no transaction status: may a statement since
 	// the last reset have opened a transaction or changed the session?
 	maybeTx, maybeSession bool
+	// expiresAt is when this connection's own lifetime ends (zero: never).
+	expiresAt time.Time
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -66,10 +69,19 @@ func wrapConn(inner driver.Conn, c *Connector, raw syscall.RawConn) driver.Conn 
 		w.raw = rawConnOf(w.pgx.Conn().PgConn().Conn())
 		w.snapshotParams()
 	}
+	w.setLifetime(time.Now())
 	if _, ok := inner.(driver.NamedValueChecker); ok {
 		return connNVC{w}
 	}
 	return w
+}
+
+// baseConn returns the *conn inside a connection wrapConn returned.
+func baseConn(w driver.Conn) *conn {
+	if n, ok := w.(connNVC); ok {
+		return n.conn
+	}
+	return w.(*conn)
 }
 
 // Unwrap returns the driver connection warmpg wraps: for the pgx backend a
@@ -97,7 +109,12 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	return c.inner.Prepare(query)
 }
 
-func (c *conn) Close() error { return c.inner.Close() }
+func (c *conn) Close() error {
+	if c.c.ready != nil && c.c.cfg.keepWarm() {
+		c.c.ready.untrack(c)
+	}
+	return c.inner.Close()
+}
 
 func (c *conn) Begin() (driver.Tx, error) {
 	return c.inner.Begin() //nolint:staticcheck // the legacy method is part of driver.Conn

@@ -32,6 +32,7 @@ type Connector struct {
 
 	stats  stats
 	closed atomic.Bool
+	ready  *ready // nil unless prewarm or keep-warm is on
 }
 
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
@@ -39,6 +40,16 @@ type Connector struct {
 // returns a Connector for the backend pool_backend names (pgx by default).
 // The DSN without its pool_* keys goes to the backend untouched.
 func OpenConnector(dsn string, opts ...Option) (*Connector, error) {
+	c, err := openConnector(dsn, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.startReady(true)
+	return c, nil
+}
+
+// openConnector is OpenConnector without starting background work.
+func openConnector(dsn string, opts []Option) (*Connector, error) {
 	cfg, inner, err := parseConfig(dsn, opts)
 	if err != nil {
 		return nil, err
@@ -133,7 +144,9 @@ func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return newConnector(inner, cfg), nil
+	c := newConnector(inner, cfg)
+	c.startReady(true)
+	return c, nil
 }
 
 func newConnector(inner driver.Connector, cfg config) *Connector {
@@ -142,31 +155,41 @@ func newConnector(inner driver.Connector, cfg config) *Connector {
 	return c
 }
 
-// Connect opens a connection through the inner connector and wraps it.
+// Connect hands out a ready connection (pool_prewarm, pool_min_idle_conns)
+// that passes the zero-round-trip liveness check, else opens one through
+// the inner connector and wraps it, retrying a server that refuses
+// connections or is starting up within ctx and pool_connect_retry_timeout.
 // Errors are the inner driver's, unchanged (so the server's message and
 // SQLSTATE stay visible).
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, errors.New("warmpg: connector is closed")
 	}
-	slot := &socketSlot{}
-	ic, err := c.inner.Connect(context.WithValue(ctx, socketSlotKey{}, slot))
-	if err != nil {
-		c.stats.connectErrors.Add(1)
-		return nil, err
+	if c.ready == nil {
+		return c.dial(ctx)
 	}
-	c.stats.connects.Add(1)
-	return wrapConn(ic, c, slot.raw), nil
+	if w := c.ready.take(); w != nil {
+		return w, nil
+	}
+	w, err := c.dial(ctx)
+	if err == nil && c.cfg.keepWarm() {
+		c.ready.track(baseConn(w))
+	}
+	return w, err
 }
 
 // Driver returns a *Driver whose Connector method leads back to c.
 func (c *Connector) Driver() driver.Driver { return c.drv }
 
-// Close is called by sql.DB.Close. It closes the inner connector if that is
+// Close is called by sql.DB.Close. It stops every background goroutine,
+// closes every ready connection, and closes the inner connector if that is
 // an io.Closer. Connect fails after Close.
 func (c *Connector) Close() error {
 	if c.closed.Swap(true) {
 		return nil
+	}
+	if c.ready != nil {
+		c.ready.close()
 	}
 	if cl, ok := c.inner.(io.Closer); ok {
 		return cl.Close()
@@ -200,13 +223,15 @@ func (cfg *config) applyPool(db *sql.DB, which uint32) {
 
 // Open returns a *sql.DB for dsn with the pool settings from the DSN, the
 // environment and opts already applied (unlike sql.Open, which cannot reach
-// the pool). With pool_prewarm it also warms the pool before it returns, and
-// fails, closing the DB, if warming fails.
+// the pool). With pool_prewarm it also warms the pool before it returns —
+// waiting out a server that is starting up — and fails with the server's
+// error, closing the DB, if warming fails within pool_warm_timeout.
 func Open(dsn string, opts ...Option) (*sql.DB, error) {
-	c, err := OpenConnector(dsn, opts...)
+	c, err := openConnector(dsn, opts)
 	if err != nil {
 		return nil, err
 	}
+	c.startReady(false) // Open warms below, blocking; keep-warm may still run
 	db := sql.OpenDB(c)
 	c.applyPool(db)
 	if c.cfg.prewarm {

@@ -20,6 +20,10 @@ const (
 	// DefaultWarmParallelism is the most connections WarmDB dials at once when
 	// pool_warm_parallelism is not set.
 	DefaultWarmParallelism = 64
+	// DefaultConnectRetryTimeout bounds how long Connect retries a server
+	// that refuses connections or is starting up, when
+	// pool_connect_retry_timeout is not set.
+	DefaultConnectRetryTimeout = 5 * time.Second
 	// defaultMaxIdleConns is database/sql's own default, kept when neither
 	// pool_max_idle_conns nor pool_max_conns is set.
 	defaultMaxIdleConns = 2
@@ -72,7 +76,10 @@ type config struct {
 	autocommit      bool
 	readOnly        bool
 	maxConnLifetime time.Duration
+	lifetimeJitter  time.Duration // valid when set&bitLifetimeJitter; see jitter
 	maxConnIdleTime time.Duration
+	minIdleConns    int
+	connectRetry    time.Duration
 	warmParallelism int // 0: DefaultWarmParallelism
 	warmTimeout     time.Duration
 	logger          *slog.Logger
@@ -83,9 +90,10 @@ type config struct {
 
 func newConfig() config {
 	return config{
-		backend:     BackendPgx,
-		reset:       ResetCheck,
-		warmTimeout: DefaultWarmTimeout,
+		backend:      BackendPgx,
+		reset:        ResetCheck,
+		warmTimeout:  DefaultWarmTimeout,
+		connectRetry: DefaultConnectRetryTimeout,
 	}
 }
 
@@ -100,6 +108,18 @@ func (c *config) idleConns() int {
 	}
 	return defaultMaxIdleConns
 }
+
+// jitter is the lifetime jitter: pool_max_conn_lifetime_jitter if set, else
+// a tenth of the lifetime.
+func (c *config) jitter() time.Duration {
+	if c.set&bitLifetimeJitter != 0 {
+		return c.lifetimeJitter
+	}
+	return c.maxConnLifetime / 10
+}
+
+// keepWarm reports whether the connector runs a background filler.
+func (c *config) keepWarm() bool { return c.minIdleConns > 0 }
 
 // parallelism is how many connections WarmDB dials at once to warm n.
 func (c *config) parallelism(n int) int {
@@ -127,6 +147,14 @@ func (c *config) validate() error {
 		return fmt.Errorf("warmpg: pool_max_idle_conns=%d exceeds pool_max_conns=%d (want pool_max_idle_conns <= pool_max_conns)",
 			c.maxIdleConns, c.maxConns)
 	}
+	if c.maxConns > 0 && c.minIdleConns > c.maxConns {
+		return fmt.Errorf("warmpg: pool_min_idle_conns=%d exceeds pool_max_conns=%d (want pool_min_idle_conns <= pool_max_conns)",
+			c.minIdleConns, c.maxConns)
+	}
+	if c.set&bitLifetimeJitter != 0 && c.lifetimeJitter > c.maxConnLifetime {
+		return fmt.Errorf("warmpg: pool_max_conn_lifetime_jitter=%s exceeds pool_max_conn_lifetime=%s (want jitter <= lifetime; jitter needs a lifetime)",
+			c.lifetimeJitter, c.maxConnLifetime)
+	}
 	return nil
 }
 
@@ -143,6 +171,9 @@ const (
 	bitWarmParallelism
 	bitWarmTimeout
 	bitReadOnly
+	bitMinIdleConns
+	bitLifetimeJitter
+	bitConnectRetry
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -176,7 +207,10 @@ var params = []param{
 	{"pool_autocommit", bitAutocommit, boolParser(func(c *config) *bool { return &c.autocommit })},
 	{"pool_read_only", bitReadOnly, boolParser(func(c *config) *bool { return &c.readOnly })},
 	{"pool_max_conn_lifetime", bitMaxConnLifetime, durationParser(func(c *config) *time.Duration { return &c.maxConnLifetime }, false)},
+	{"pool_max_conn_lifetime_jitter", bitLifetimeJitter, durationParser(func(c *config) *time.Duration { return &c.lifetimeJitter }, false)},
 	{"pool_max_conn_idle_time", bitMaxConnIdleTime, durationParser(func(c *config) *time.Duration { return &c.maxConnIdleTime }, false)},
+	{"pool_min_idle_conns", bitMinIdleConns, intParser(func(c *config) *int { return &c.minIdleConns }, 0, MaxPoolSize)},
+	{"pool_connect_retry_timeout", bitConnectRetry, durationParser(func(c *config) *time.Duration { return &c.connectRetry }, false)},
 	{"pool_warm_parallelism", bitWarmParallelism, intParser(func(c *config) *int { return &c.warmParallelism }, 1, MaxWarmParallelism)},
 	{"pool_warm_timeout", bitWarmTimeout, durationParser(func(c *config) *time.Duration { return &c.warmTimeout }, true)},
 }
@@ -397,14 +431,44 @@ func WithReadOnly(on bool) Option {
 	return func(c *config) { c.readOnly = on; c.set |= bitReadOnly }
 }
 
-// WithMaxConnLifetime sets the most time a connection is reused
-// (pool_max_conn_lifetime, applied with sql.DB.SetConnMaxLifetime). Default 0: forever.
+// WithMaxConnLifetime sets the most time a connection is used
+// (pool_max_conn_lifetime). Each connection enforces its own lifetime, less a
+// random jitter (WithMaxConnLifetimeJitter): IsValid and ResetSession refuse
+// it once that has passed, with no I/O; with keep-warm on, a replacement is
+// dialled before it expires. sql.DB.SetConnMaxLifetime gets the full
+// lifetime as a backstop for idle connections. Default 0: forever.
 func WithMaxConnLifetime(d time.Duration) Option {
 	return durationOption("pool_max_conn_lifetime", bitMaxConnLifetime, d, false, func(c *config) *time.Duration { return &c.maxConnLifetime })
 }
 
+// WithMaxConnLifetimeJitter sets how much earlier than pool_max_conn_lifetime
+// each connection may expire, drawn at random per connection, so connections
+// opened together do not all expire together (pool_max_conn_lifetime_jitter;
+// default: a tenth of the lifetime). At most the lifetime.
+func WithMaxConnLifetimeJitter(d time.Duration) Option {
+	return durationOption("pool_max_conn_lifetime_jitter", bitLifetimeJitter, d, false, func(c *config) *time.Duration { return &c.lifetimeJitter })
+}
+
+// WithMinIdleConns keeps n ready connections in the connector beyond those
+// database/sql holds, replacing them as they are taken, die or expire, so a
+// burst that needs new connections does not pay connect latency
+// (pool_min_idle_conns; default 0: off).
+func WithMinIdleConns(n int) Option {
+	return intOption("pool_min_idle_conns", bitMinIdleConns, n, 0, MaxPoolSize, func(c *config) *int { return &c.minIdleConns })
+}
+
+// WithConnectRetryTimeout bounds how long Connect retries, with backoff, a
+// server that refuses connections or is starting up (SQLSTATE 57P03), on top
+// of the caller's context (pool_connect_retry_timeout; default
+// DefaultConnectRetryTimeout; 0: no retries).
+func WithConnectRetryTimeout(d time.Duration) Option {
+	return durationOption("pool_connect_retry_timeout", bitConnectRetry, d, false, func(c *config) *time.Duration { return &c.connectRetry })
+}
+
 // WithMaxConnIdleTime sets the most time a connection stays idle
-// (pool_max_conn_idle_time, applied with sql.DB.SetConnMaxIdleTime). Default 0: forever.
+// (pool_max_conn_idle_time, applied with sql.DB.SetConnMaxIdleTime, and to
+// the connector's ready connections beyond pool_min_idle_conns). Default 0:
+// forever.
 func WithMaxConnIdleTime(d time.Duration) Option {
 	return durationOption("pool_max_conn_idle_time", bitMaxConnIdleTime, d, false, func(c *config) *time.Duration { return &c.maxConnIdleTime })
 }

@@ -118,7 +118,8 @@ func TestParseConfigEveryKey(t *testing.T) {
 	withEnv(t)
 	dsn := "postgres://h/db?pool_backend=pq&pool_max_conns=60&pool_max_idle_conns=50&pool_prewarm=yes" +
 		"&pool_reset=Rollback&pool_autocommit=1&pool_max_conn_lifetime=1h&pool_max_conn_idle_time=5m" +
-		"&pool_warm_parallelism=16&pool_warm_timeout=2s&pool_read_only=on"
+		"&pool_warm_parallelism=16&pool_warm_timeout=2s&pool_read_only=on&pool_max_conn_lifetime_jitter=10m" +
+		"&pool_min_idle_conns=4&pool_connect_retry_timeout=0"
 	cfg, inner, err := parseConfig(dsn, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -128,11 +129,12 @@ func TestParseConfigEveryKey(t *testing.T) {
 	}
 	want := config{backend: BackendPQ, maxConns: 60, maxIdleConns: 50, prewarm: true, reset: ResetRollback,
 		autocommit: true, maxConnLifetime: time.Hour, maxConnIdleTime: 5 * time.Minute, warmParallelism: 16,
-		warmTimeout: 2 * time.Second, readOnly: true}
+		warmTimeout: 2 * time.Second, readOnly: true, lifetimeJitter: 10 * time.Minute, minIdleConns: 4}
 	if cfg.backend != want.backend || cfg.maxConns != want.maxConns || cfg.maxIdleConns != want.maxIdleConns ||
 		cfg.prewarm != want.prewarm || cfg.reset != want.reset || cfg.autocommit != want.autocommit ||
 		cfg.maxConnLifetime != want.maxConnLifetime || cfg.maxConnIdleTime != want.maxConnIdleTime ||
-		cfg.warmParallelism != want.warmParallelism || cfg.warmTimeout != want.warmTimeout || cfg.readOnly != want.readOnly {
+		cfg.warmParallelism != want.warmParallelism || cfg.warmTimeout != want.warmTimeout || cfg.readOnly != want.readOnly ||
+		cfg.lifetimeJitter != want.lifetimeJitter || cfg.minIdleConns != want.minIdleConns || cfg.connectRetry != 0 {
 		t.Errorf("got %+v\nwant %+v", cfg, want)
 	}
 	// Every documented key is exercised above.
@@ -159,6 +161,11 @@ func TestParseConfigRejects(t *testing.T) {
 		{"postgres://h/db?pool_prewarm=maybe", []string{"pool_prewarm", `"maybe"`, "true or false"}},
 		{"postgres://h/db?pool_autocommit=2", []string{"pool_autocommit", `"2"`, "true or false"}},
 		{"postgres://h/db?pool_read_only=ro", []string{"pool_read_only", `"ro"`, "true or false"}},
+		{"postgres://h/db?pool_min_idle_conns=-2", []string{"pool_min_idle_conns", `"-2"`, "0 to 10000"}},
+		{"postgres://h/db?pool_max_conns=3&pool_min_idle_conns=4", []string{"pool_min_idle_conns=4", "pool_max_conns=3"}},
+		{"postgres://h/db?pool_max_conn_lifetime=1m&pool_max_conn_lifetime_jitter=2m", []string{"pool_max_conn_lifetime_jitter=2m0s", "pool_max_conn_lifetime=1m0s"}},
+		{"postgres://h/db?pool_max_conn_lifetime_jitter=1s", []string{"pool_max_conn_lifetime_jitter=1s", "needs a lifetime"}},
+		{"postgres://h/db?pool_connect_retry_timeout=-1s", []string{"pool_connect_retry_timeout", `"-1s"`}},
 		{"postgres://h/db?pool_max_conn_lifetime=-5m", []string{"pool_max_conn_lifetime", `"-5m"`, "duration"}},
 		{"postgres://h/db?pool_max_conn_lifetime=30", []string{"pool_max_conn_lifetime", `"30"`, "30s"}},
 		{"postgres://h/db?pool_max_conn_idle_time=forever", []string{"pool_max_conn_idle_time", `"forever"`}},

@@ -90,6 +90,9 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 	if c.innerClosed() {
 		return outDiscarded, errBadConn("connection closed", nil)
 	}
+	if c.expiredNow() {
+		return outDiscarded, errBadConn("connection lifetime (pool_max_conn_lifetime) passed", nil)
+	}
 	switch c.c.cfg.reset {
 	case ResetNone:
 		return outClean, nil
@@ -252,7 +255,7 @@ func (c *conn) exec(ctx context.Context, sql string) error {
 
 // IsValid runs when a connection goes back to the pool; it does no I/O.
 func (c *conn) IsValid() bool {
-	if c.innerClosed() {
+	if c.innerClosed() || c.expiredNow() {
 		return false
 	}
 	if v, ok := c.inner.(driver.Validator); ok {

@@ -24,17 +24,21 @@ type Counters struct {
 
 	// AutocommitTxs counts transactions that sent no BEGIN (pool_autocommit).
 	AutocommitTxs int64
+	// FromReady counts connections Connect handed out from the connector's
+	// ready store (pool_prewarm, pool_min_idle_conns) instead of dialling.
+	FromReady int64
 }
 
 // String returns the counters on one line; it holds no DSN and no secret.
 func (s Counters) String() string {
-	return fmt.Sprintf("connects=%d connect_errors=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d",
-		s.Connects, s.ConnectErrors, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs)
+	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d",
+		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs)
 }
 
 type stats struct {
 	connects, connectErrors                           atomic.Int64
 	clean, pinged, rolledBack, reset, discarded, acTx atomic.Int64
+	readyHits                                         atomic.Int64
 }
 
 func (s *stats) count(o outcome) {
@@ -59,6 +63,7 @@ func (c *Connector) Stats() Counters {
 		Connects: s.connects.Load(), ConnectErrors: s.connectErrors.Load(),
 		Clean: s.clean.Load(), Pinged: s.pinged.Load(), RolledBack: s.rolledBack.Load(),
 		Reset: s.reset.Load(), Discarded: s.discarded.Load(), AutocommitTxs: s.acTx.Load(),
+		FromReady: s.readyHits.Load(),
 	}
 }
 

@@ -1,0 +1,345 @@
+package warmpg
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The connector's ready store: open connections no one uses yet. It is
+// filled at start by pool_prewarm (sql.Open path) and kept at
+// pool_min_idle_conns by keep-warm. Connect hands these out, after the
+// zero-round-trip liveness check, before it dials.
+//
+// One goroutine (run) decides what to dial; each dial runs in its own
+// goroutine, at most pool_warm_parallelism at once, and after a failure only
+// one at a time, spaced by an exponential, jittered backoff: a server that is
+// down or out of slots sees about one attempt per backoff interval, not a
+// storm. Close stops them all and closes every ready connection.
+type ready struct {
+	c *Connector
+
+	mu          sync.Mutex
+	conns       []*readyConn       // oldest first
+	live        map[*conn]struct{} // handed out, not yet closed (keep-warm only)
+	dialing     int
+	prewarmOwed int // prewarm connections not yet dialled successfully
+	failures    int // consecutive failed dials
+	retryAt     time.Time
+	lastErr     error
+	closed      bool
+
+	wake   chan struct{} // buffered 1: something changed, reconcile
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // run and every dial
+}
+
+type readyConn struct {
+	w     driver.Conn // the wrapped connection
+	base  *conn
+	since time.Time // ready since
+}
+
+const (
+	keepWarmTick  = 500 * time.Millisecond // how often ready connections are checked
+	expiryLead    = 2 * time.Second        // how early a replacement is dialled before an expiry
+	backoffBase   = 100 * time.Millisecond
+	backoffMax    = 5 * time.Second
+	connectBase   = 50 * time.Millisecond // Connect's own retry backoff
+	connectMaxGap = time.Second
+)
+
+// startReady starts the background filler when prewarm or keep-warm asks
+// for it. prewarm is false on the warmpg.Open path, which warms blocking.
+func (c *Connector) startReady(prewarm bool) {
+	owed := 0
+	if prewarm && c.cfg.prewarm {
+		owed = c.cfg.idleConns()
+	}
+	if owed == 0 && !c.cfg.keepWarm() {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &ready{c: c, prewarmOwed: owed, live: map[*conn]struct{}{}, wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
+	c.ready = r
+	r.wg.Add(1)
+	go r.run()
+}
+
+func (r *ready) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *ready) run() {
+	defer r.wg.Done()
+	tick := time.NewTicker(keepWarmTick)
+	defer tick.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		if wait := r.reconcile(); wait > 0 {
+			retry.Reset(wait)
+		}
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.wake:
+		case <-tick.C:
+		case <-retry.C:
+		}
+	}
+}
+
+// reconcile drops ready connections that died, expired or idled too long,
+// and starts the dials the target asks for. It returns how long to wait
+// before a backoff allows the next dial, or 0.
+func (r *ready) reconcile() time.Duration {
+	now := time.Now()
+	cfg := &r.c.cfg
+	var drop []*readyConn
+	r.mu.Lock()
+	keep := r.conns[:0]
+	for i, rc := range r.conns {
+		// Idle trimming keeps the newest pool_min_idle_conns.
+		idleTooLong := cfg.maxConnIdleTime > 0 && now.Sub(rc.since) > cfg.maxConnIdleTime && len(r.conns)-i > cfg.minIdleConns
+		if idleTooLong || rc.base.expired(now) || rc.base.peek() != peekEmpty {
+			drop = append(drop, rc)
+			continue
+		}
+		keep = append(keep, rc)
+	}
+	r.conns = keep
+	target := r.prewarmOwed + cfg.minIdleConns
+	if cfg.keepWarm() {
+		for lc := range r.live {
+			if lc.expiresWithin(now, expiryLead) {
+				target++
+			}
+		}
+	}
+	need := target - len(r.conns) - r.dialing
+	if cfg.maxConns > 0 {
+		need = min(need, cfg.maxConns-len(r.live)-len(r.conns)-r.dialing)
+	}
+	var wait time.Duration
+	limit := cfg.parallelism(max(need, 1))
+	if r.failures > 0 {
+		limit = 1 // probe, one at a time
+		if wait = r.retryAt.Sub(now); wait > 0 {
+			need = 0
+		}
+	}
+	need = min(need, limit-r.dialing)
+	for range max(need, 0) {
+		r.dialing++
+		r.wg.Add(1)
+		go r.dial()
+	}
+	r.mu.Unlock()
+	for _, rc := range drop {
+		rc.w.Close()
+	}
+	return max(wait, 0)
+}
+
+// dial opens one connection into the store.
+func (r *ready) dial() {
+	defer r.wg.Done()
+	ctx, cancel := context.WithTimeout(r.ctx, r.c.cfg.warmTimeout)
+	w, base, err := r.c.dialOnce(ctx)
+	cancel()
+	r.mu.Lock()
+	r.dialing--
+	if err != nil && r.ctx.Err() != nil {
+		r.mu.Unlock() // closing: not the server's fault
+		return
+	}
+	if err != nil {
+		r.lastErr = err
+		// Dials that were in flight together fail together: one backoff
+		// step for all of them.
+		if now := time.Now(); !now.Before(r.retryAt) {
+			r.failures++
+			backoff := min(backoffBase<<min(r.failures-1, 16), backoffMax)
+			r.retryAt = now.Add(backoff/2 + rand.N(backoff/2+1))
+		}
+		r.mu.Unlock()
+		if r.failures == 1 || r.failures%10 == 0 {
+			r.c.cfg.log().Warn("warmpg: background connect failed; backing off", "failures", r.failures, "error", redact(err, r.c.cfg.secrets))
+		}
+		r.poke()
+		return
+	}
+	r.failures = 0
+	if r.prewarmOwed > 0 {
+		r.prewarmOwed--
+	}
+	closed := r.closed
+	if !closed {
+		r.conns = append(r.conns, &readyConn{w: w, base: base, since: time.Now()})
+	}
+	r.mu.Unlock()
+	if closed {
+		w.Close()
+	}
+	r.poke()
+}
+
+// take hands out the oldest healthy ready connection, or nil. With
+// keep-warm on it counts the connection as live in the same step, so the
+// filler never sees it in neither place.
+func (r *ready) take() driver.Conn {
+	now := time.Now()
+	var drop []*readyConn
+	var got *readyConn
+	r.mu.Lock()
+	for len(r.conns) > 0 {
+		rc := r.conns[0]
+		r.conns = r.conns[1:]
+		if rc.base.expired(now) || rc.base.peek() != peekEmpty {
+			drop = append(drop, rc)
+			continue
+		}
+		got = rc
+		if r.c.cfg.keepWarm() {
+			r.live[rc.base] = struct{}{}
+		}
+		break
+	}
+	r.mu.Unlock()
+	for _, rc := range drop {
+		rc.w.Close()
+	}
+	r.poke()
+	if got == nil {
+		return nil
+	}
+	r.c.stats.readyHits.Add(1)
+	return got.w
+}
+
+func (r *ready) track(c *conn) {
+	r.mu.Lock()
+	r.live[c] = struct{}{}
+	r.mu.Unlock()
+}
+
+func (r *ready) untrack(c *conn) {
+	r.mu.Lock()
+	delete(r.live, c)
+	r.mu.Unlock()
+	r.poke()
+}
+
+// close stops the filler, waits for every dial, and closes every ready
+// connection.
+func (r *ready) close() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.cancel()
+	r.wg.Wait()
+	r.mu.Lock()
+	conns := r.conns
+	r.conns = nil
+	r.mu.Unlock()
+	for _, rc := range conns {
+		rc.w.Close()
+	}
+}
+
+// count returns the ready connections and dials in flight (for tests).
+func (r *ready) count() (ready, dialing int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.conns), r.dialing
+}
+
+// dialOnce opens and wraps one connection through the inner connector.
+func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
+	slot := &socketSlot{}
+	ic, err := c.inner.Connect(context.WithValue(ctx, socketSlotKey{}, slot))
+	if err != nil {
+		c.stats.connectErrors.Add(1)
+		return nil, nil, err
+	}
+	c.stats.connects.Add(1)
+	w := wrapConn(ic, c, slot.raw)
+	return w, baseConn(w), nil
+}
+
+// dial opens a connection for Connect, retrying errors that say the server
+// is not accepting connections yet (refused, 57P03 starting up), with a
+// jittered exponential backoff, within ctx and pool_connect_retry_timeout.
+func (c *Connector) dial(ctx context.Context) (driver.Conn, error) {
+	deadline := time.Now().Add(c.cfg.connectRetry)
+	gap := connectBase
+	for {
+		w, _, err := c.dialOnce(ctx)
+		if err == nil || !transientConnectError(err) || ctx.Err() != nil {
+			return w, err
+		}
+		sleep := gap/2 + rand.N(gap/2+1)
+		if time.Now().Add(sleep).After(deadline) {
+			return nil, err
+		}
+		t := time.NewTimer(sleep)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		gap = min(2*gap, connectMaxGap)
+	}
+}
+
+// transientConnectError reports whether a connect failed because the server
+// is not accepting connections yet: refused, or SQLSTATE 57P03 (the
+// database system is starting up / shutting down / in recovery).
+func transientConnectError(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return true
+	}
+	// pgx's *pgconn.PgError and lib/pq's *pq.Error both say SQLState.
+	var coded interface{ SQLState() string }
+	return errors.As(err, &coded) && coded.SQLState() == "57P03"
+}
+
+// expired reports whether the connection's own, jittered lifetime has passed.
+func (c *conn) expired(now time.Time) bool {
+	return !c.expiresAt.IsZero() && !now.Before(c.expiresAt)
+}
+
+// expiredNow is expired(time.Now()), without the clock read when no
+// lifetime is set (the hot path of IsValid and ResetSession).
+func (c *conn) expiredNow() bool {
+	return !c.expiresAt.IsZero() && !time.Now().Before(c.expiresAt)
+}
+
+func (c *conn) expiresWithin(now time.Time, d time.Duration) bool {
+	return !c.expiresAt.IsZero() && c.expiresAt.Sub(now) < d
+}
+
+// setLifetime draws the connection's expiry: the lifetime less a random
+// part of the jitter, so that connections opened together spread out, and
+// none outlives pool_max_conn_lifetime.
+func (c *conn) setLifetime(now time.Time) {
+	lt := c.c.cfg.maxConnLifetime
+	if lt <= 0 {
+		return
+	}
+	var j time.Duration
+	if jit := c.c.cfg.jitter(); jit > 0 {
+		j = rand.N(jit)
+	}
+	c.expiresAt = now.Add(lt - j)
+}
