@@ -166,14 +166,17 @@ func (r *ready) dial() {
 		r.lastErr = err
 		// Dials that were in flight together fail together: one backoff
 		// step for all of them.
-		if now := time.Now(); !now.Before(r.retryAt) {
+		now := time.Now()
+		stepped := !now.Before(r.retryAt)
+		if stepped {
 			r.failures++
 			backoff := min(backoffBase<<min(r.failures-1, 16), backoffMax)
 			r.retryAt = now.Add(backoff/2 + rand.N(backoff/2+1))
 		}
+		failures := r.failures
 		r.mu.Unlock()
-		if r.failures == 1 || r.failures%10 == 0 {
-			r.c.cfg.log().Warn("warmpg: background connect failed; backing off", "failures", r.failures, "error", redact(err, r.c.cfg.secrets))
+		if stepped && (failures == 1 || failures%10 == 0) {
+			r.c.cfg.log().Warn("warmpg: background connect failed; backing off", "failures", failures, "error", redact(err, r.c.cfg.secrets))
 		}
 		r.poke()
 		return
