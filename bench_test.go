@@ -2,11 +2,13 @@ package warmpg_test
 
 import (
 	"context"
+	"database/sql/driver"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/warmpg/warmpg"
 	"github.com/warmpg/warmpg/internal/pgproxy"
 	"github.com/warmpg/warmpg/internal/pgtest"
 	"github.com/warmpg/warmpg/internal/warmbench"
@@ -61,5 +63,36 @@ func BenchmarkWarm(b *testing.B) {
 			b.ReportMetric(ms(warmbench.WarmDB)/ms(warmbench.Pgxpool), "warmdb/pgxpool")
 			b.ReportMetric(ms(warmbench.OneByOne)/ms(warmbench.WarmDB), "onebyone/warmdb")
 		})
+	}
+}
+
+// BenchmarkResetSessionCheck is the cost of check mode's clean path alone:
+// one ResetSession and one IsValid on a healthy, idle pgx connection to a
+// real server (the socket peek is a syscall; nothing is sent).
+//
+//	go test -run '^$' -bench BenchmarkResetSessionCheck .
+func BenchmarkResetSessionCheck(b *testing.B) {
+	srv := pgtest.Get(b)
+	c, err := warmpg.OpenConnector(srv.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	dc, err := c.Connect(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dc.Close()
+	r, v := dc.(driver.SessionResetter), dc.(driver.Validator)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := r.ResetSession(ctx); err != nil || !v.IsValid() {
+			b.Fatal("clean connection refused:", err)
+		}
+	}
+	b.StopTimer()
+	if st := c.Stats(); st.Clean != int64(b.N) {
+		b.Fatalf("counters %v, want every reuse clean", st)
 	}
 }

@@ -33,6 +33,9 @@ type Connector struct {
 	stats  stats
 	closed atomic.Bool
 	ready  *ready // nil unless prewarm or keep-warm is on
+	// ownPgx: the inner connector is the pgx one warmpg built, whose
+	// ResetSession repeats checks warmpg made and does nothing else.
+	ownPgx bool
 }
 
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
@@ -58,7 +61,9 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 	if err != nil {
 		return nil, redact(fmt.Errorf("warmpg: %s backend rejected the DSN: %w", cfg.backend, err), cfg.secrets)
 	}
-	return newConnector(ic, cfg), nil
+	c := newConnector(ic, cfg)
+	c.ownPgx = cfg.backend == BackendPgx
+	return c, nil
 }
 
 // parseConfig builds a config from, in rising precedence: defaults, the

@@ -54,12 +54,14 @@ func errBadConn(why string, cause error) error {
 
 // ResetSession runs before database/sql hands out a connection that was used
 // before. It does what the pool_reset mode says (see the table above), then
-// the inner driver's own ResetSession. For the pgx backend warmpg has turned
-// pgx's ping on first reuse off, so the clean path of check sends nothing.
+// the inner driver's own ResetSession — except for the pgx connector warmpg
+// builds itself, whose ResetSession would only repeat warmpg's checks (its
+// ping on first reuse and after a second idle is turned off). The clean
+// path of check sends nothing.
 func (c *conn) ResetSession(ctx context.Context) error {
 	out, err := c.reset(ctx)
 	c.maybeTx, c.maybeSession = false, false
-	if err == nil {
+	if err == nil && !(c.pgx != nil && c.c.ownPgx) {
 		if r, ok := c.inner.(driver.SessionResetter); ok {
 			if err = r.ResetSession(ctx); err != nil && !errors.Is(err, driver.ErrBadConn) {
 				// database/sql ignores any other error and reuses the
