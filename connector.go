@@ -176,6 +176,9 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if w := c.ready.take(); w != nil {
 		return w, nil
 	}
+	if w := c.ready.await(ctx); w != nil {
+		return w, nil
+	}
 	w, err := c.dial(ctx)
 	if err == nil && c.cfg.keepWarm() {
 		c.ready.track(baseConn(w))

@@ -34,6 +34,10 @@ type ready struct {
 	closed      bool
 
 	wake   chan struct{} // buffered 1: something changed, reconcile
+	// changed is closed and replaced whenever a dial ends, to wake the
+	// Connects waiting for one (await); waiters counts them.
+	changed chan struct{}
+	waiters int
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // run and every dial
@@ -65,8 +69,10 @@ func (c *Connector) startReady(prewarm bool) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &ready{c: c, prewarmOwed: owed, live: map[*conn]struct{}{}, wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
+	r := &ready{c: c, prewarmOwed: owed, live: map[*conn]struct{}{}, wake: make(chan struct{}, 1),
+		changed: make(chan struct{}), ctx: ctx, cancel: cancel}
 	c.ready = r
+	r.reconcile() // start the first dials now, so a Connect right away can await them
 	r.wg.Add(1)
 	go r.run()
 }
@@ -158,6 +164,8 @@ func (r *ready) dial() {
 	cancel()
 	r.mu.Lock()
 	r.dialing--
+	close(r.changed) // wake awaiting Connects: a connection, or one fewer dial to wait for
+	r.changed = make(chan struct{})
 	if err != nil && r.ctx.Err() != nil {
 		r.mu.Unlock() // closing: not the server's fault
 		return
@@ -227,6 +235,43 @@ func (r *ready) take() driver.Conn {
 	}
 	r.c.stats.readyHits.Add(1)
 	return got.w
+}
+
+// await waits for a dial already in flight instead of starting another:
+// right after open, the prewarm's dials finish sooner than a new one would.
+// It waits only while there are more dials in flight than Connects waiting
+// for them, and returns nil when there is nothing (left) to wait for.
+func (r *ready) await(ctx context.Context) driver.Conn {
+	r.mu.Lock()
+	if r.dialing <= r.waiters || r.failures > 0 {
+		r.mu.Unlock()
+		return nil
+	}
+	r.waiters++
+	defer func() {
+		r.mu.Lock()
+		r.waiters--
+		r.mu.Unlock()
+	}()
+	for {
+		ch := r.changed
+		r.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.ctx.Done():
+			return nil
+		case <-ch:
+		}
+		if w := r.take(); w != nil {
+			return w
+		}
+		r.mu.Lock()
+		if r.dialing < r.waiters || r.failures > 0 {
+			r.mu.Unlock()
+			return nil
+		}
+	}
 }
 
 func (r *ready) track(c *conn) {

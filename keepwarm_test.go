@@ -265,3 +265,24 @@ func TestReadyIdleTrim(t *testing.T) {
 	}
 	db.Close()
 }
+
+// Right after open, before the prewarm's dials finish, a request waits for
+// one of them instead of starting a dial of its own.
+func TestConnectAwaitsPrewarmDials(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	fc := &fakeConnector{delay: 100 * time.Millisecond}
+	db, c := openFake(t, fc, WithPrewarm(true), WithMaxIdleConns(6))
+	db.SetMaxIdleConns(6)
+	start := time.Now()
+	burst(t, db, 4) // at once, while the 6 prewarm dials are in flight
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("burst took %s", el)
+	}
+	if got := fc.connects.Load(); got != 6 {
+		t.Errorf("%d connects, want the 6 prewarm dials and no others", got)
+	}
+	if st := c.Stats(); st.FromReady != 4 {
+		t.Errorf("counters %v, want 4 from ready", st)
+	}
+	db.Close()
+}
