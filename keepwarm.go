@@ -33,14 +33,14 @@ type ready struct {
 	lastErr     error
 	closed      bool
 
-	wake   chan struct{} // buffered 1: something changed, reconcile
+	wake chan struct{} // buffered 1: something changed, reconcile
 	// changed is closed and replaced whenever a dial ends, to wake the
 	// Connects waiting for one (await); waiters counts them.
 	changed chan struct{}
 	waiters int
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // run and every dial
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // run and every dial
 }
 
 type readyConn struct {

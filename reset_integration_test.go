@@ -5,12 +5,17 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/warmpg/warmpg"
 	"github.com/warmpg/warmpg/internal/pgproxy"
@@ -484,5 +489,78 @@ func TestIntegrationAutocommitMessages(t *testing.T) {
 				t.Errorf("read-write transaction sent %q, want BEGIN and COMMIT", qs)
 			}
 		})
+	}
+}
+
+// slowConn stalls after a write when armed, as a goroutine descheduled right
+// after its write does on a loaded machine. It exposes the TCP socket.
+type slowConn struct {
+	*net.TCPConn
+	stall *atomic.Bool
+}
+
+func (c slowConn) Write(b []byte) (int, error) {
+	n, err := c.TCPConn.Write(b)
+	if c.stall.Load() {
+		time.Sleep(100 * time.Millisecond)
+	}
+	return n, err
+}
+
+func (c slowConn) SyscallConn() (syscall.RawConn, error) { return c.TCPConn.SyscallConn() }
+
+// Regression: check mode's socket peek must not wait for pgx's background
+// reader. pgx starts one when a write blocks for 15 ms and can leave it
+// parked in a read on an idle connection; a peek under RawConn.Read waited
+// behind it forever, ignoring every deadline (found by BenchmarkReuse on a
+// loaded machine). The dialer here stalls after writes to force that state.
+func TestIntegrationPeekDoesNotWaitForPgxBackgroundReader(t *testing.T) {
+	srv := pgtest.Get(t)
+	cfg, err := pgx.ParseConfig(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stall atomic.Bool
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return slowConn{c.(*net.TCPConn), &stall}, nil
+	}
+	never := stdlib.OptionShouldPing(func(context.Context, stdlib.ShouldPingParams) bool { return false })
+	wc, err := warmpg.NewConnector(stdlib.GetConnector(*cfg, never))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(wc)
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	ctx := context.Background()
+	var n int
+	if err := db.QueryRowContext(ctx, "select 1").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	stall.Store(true)
+	if err := db.QueryRowContext(ctx, "select 1").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	stall.Store(false)
+	// The connection is idle in the pool; pgx's background reader is still
+	// blocked in Read on its socket. Reuse it with a 3 s deadline.
+	done := make(chan error, 1)
+	go func() {
+		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		done <- db.QueryRowContext(qctx, "select 1").Scan(&n)
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("reuse after pgx's background read: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("reuse still blocked 10 s after start (deadline 3 s): check mode's peek waits for pgx's background read")
 	}
 }
