@@ -1,0 +1,278 @@
+package warmpg_test
+
+import (
+	"context"
+	"database/sql"
+	"flag"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/warmpg/warmpg"
+	"github.com/warmpg/warmpg/internal/pgproxy"
+	"github.com/warmpg/warmpg/internal/pgtest"
+)
+
+var discardLog = slog.New(slog.DiscardHandler)
+
+var churnDuration = flag.Duration("warmpg.churn", 60*time.Second, "how long BenchmarkChurn runs each variant")
+
+// realisticURL returns srv's URL through a proxy injecting rtt, connecting as
+// production does (scram-sha-256, sslmode=prefer: 4 round trips per connect),
+// with application_name app.
+func realisticURL(tb testing.TB, srv *pgtest.Server, rtt time.Duration, app string) (string, *pgproxy.Proxy) {
+	tb.Helper()
+	p, err := pgproxy.New(srv.Addr(), pgproxy.WithLatency(rtt), pgproxy.WithSpin(0))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	pw := srv.WithPasswordUser(tb)
+	return strings.Replace(pw.URL("application_name="+app, "sslmode=prefer"), srv.Addr(), p.Addr(), 1), p
+}
+
+// burstLatencies fires n queries at once on db and returns each one's
+// latency, sorted.
+func burstLatencies(ctx context.Context, db *sql.DB, n int) ([]time.Duration, error) {
+	lat := make([]time.Duration, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var x int
+			errs[i] = db.QueryRowContext(ctx, "select 1").Scan(&x)
+			lat[i] = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	slices.Sort(lat)
+	return lat, nil
+}
+
+func pct(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// BenchmarkFirstBurst is the first burst after a service opens its pool, at
+// 5 ms RTT: 32 queries at once, `start` after sql.Open (the service's own
+// start-up time), on a pool the application sized to 32
+// (SetMaxOpenConns/SetMaxIdleConns). Variants, interleaved per iteration:
+//
+//	lazy     sql.Open("warmpg", dsn): every query of the burst dials
+//	prewarm  the same DSN with pool_prewarm=true: the connector has been
+//	         opening 32 connections since sql.Open
+//
+// Metrics: <variant>-first-ms (the first query's latency from the burst's
+// start), <variant>-p99-ms (the burst's 99th percentile, here its slowest),
+// and lazy/prewarm ratios of both.
+//
+//	go test -run '^$' -bench BenchmarkFirstBurst -benchtime 5x .
+func BenchmarkFirstBurst(b *testing.B) {
+	srv := pgtest.Get(b)
+	const n = 32
+	for _, start := range []time.Duration{0, 200 * time.Millisecond} {
+		b.Run(fmt.Sprintf("start=%s", start), func(b *testing.B) {
+			app := fmt.Sprintf("warmpg_bench_first_%d", start.Milliseconds())
+			dsn, _ := realisticURL(b, srv, 5*time.Millisecond, app)
+			variants := map[string]string{
+				"lazy":    dsn,
+				"prewarm": dsn + fmt.Sprintf("&pool_prewarm=true&pool_max_conns=%d", n),
+			}
+			first := map[string][]time.Duration{}
+			p99 := map[string][]time.Duration{}
+			for i := 0; i < b.N; i++ {
+				for _, v := range rotate([]string{"lazy", "prewarm"}, i) {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					db, err := sql.Open("warmpg", variants[v])
+					if err != nil {
+						b.Fatal(err)
+					}
+					db.SetMaxOpenConns(n)
+					db.SetMaxIdleConns(n)
+					time.Sleep(start)
+					lat, err := burstLatencies(ctx, db, n)
+					db.Close()
+					if err == nil {
+						_, err = srv.WaitBackendCount(ctx, app, 0)
+					}
+					cancel()
+					if err != nil {
+						b.Fatalf("%s: %v", v, err)
+					}
+					first[v] = append(first[v], lat[0])
+					p99[v] = append(p99[v], pct(lat, 0.99))
+				}
+			}
+			for _, v := range []string{"lazy", "prewarm"} {
+				b.ReportMetric(ms(median(first[v])), v+"-first-ms")
+				b.ReportMetric(ms(median(p99[v])), v+"-p99-ms")
+			}
+			b.ReportMetric(ms(median(first["lazy"]))/ms(median(first["prewarm"])), "lazy/prewarm-first")
+			b.ReportMetric(ms(median(p99["lazy"]))/ms(median(p99["prewarm"])), "lazy/prewarm-p99")
+		})
+	}
+}
+
+func rotate(s []string, i int) []string {
+	i %= len(s)
+	return append(slices.Clone(s[i:]), s[:i]...)
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// churnVariant is one pool under BenchmarkChurn.
+type churnVariant struct {
+	name string
+	open func(dsn string) (*sql.DB, error)
+}
+
+// churnVariants: warmpg with a 5 s lifetime, its jitter (2 s) and keep-warm;
+// the same without a lifetime (no churn); plain database/sql + pgx with
+// SetConnMaxLifetime(5 s), whose connections, opened together, expire together.
+func churnVariants(lifetime time.Duration) []churnVariant {
+	return []churnVariant{
+		{"warmpg-churn", func(dsn string) (*sql.DB, error) {
+			return warmpg.Open(dsn + fmt.Sprintf("&pool_max_conns=16&pool_min_idle_conns=2&pool_max_conn_lifetime=%s&pool_max_conn_lifetime_jitter=%s", lifetime, lifetime*2/5))
+		}},
+		{"warmpg-nochurn", func(dsn string) (*sql.DB, error) {
+			return warmpg.Open(dsn + "&pool_max_conns=16")
+		}},
+		{"pgx-churn", func(dsn string) (*sql.DB, error) {
+			db, err := sql.Open("pgx", dsn)
+			if err == nil {
+				db.SetMaxOpenConns(16)
+				db.SetMaxIdleConns(16)
+				db.SetConnMaxLifetime(lifetime)
+			}
+			return db, err
+		}},
+	}
+}
+
+// steadyLoad runs clients goroutines issuing select 1 with a 1 ms pause for
+// d, and returns every query's latency, sorted, and the failures.
+func steadyLoad(ctx context.Context, db *sql.DB, clients int, d time.Duration) ([]time.Duration, int) {
+	var mu sync.Mutex
+	var all []time.Duration
+	failed := 0
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			bad := 0
+			for i := 0; i < 1_000_000 && time.Now().Before(stop) && ctx.Err() == nil; i++ {
+				t0 := time.Now()
+				var x int
+				if err := db.QueryRowContext(ctx, "select 1").Scan(&x); err != nil {
+					bad++
+				}
+				mine = append(mine, time.Since(t0))
+				time.Sleep(time.Millisecond)
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			failed += bad
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	slices.Sort(all)
+	return all, failed
+}
+
+// BenchmarkChurn: steady load (16 clients, select 1 then 1 ms pause) for
+// -warmpg.churn (default 60 s) per variant at 5 ms RTT, connections living
+// 5 s. Each variant's pool is warmed first. Metrics: <variant>-p99-ms,
+// <variant>-p50-ms, <variant>-failed, and warmpg-churn/warmpg-nochurn p99
+// (target <= 1.5) and pgx-churn/warmpg-nochurn p99.
+//
+//	go test -run '^$' -bench BenchmarkChurn -benchtime 1x -timeout 30m .
+func BenchmarkChurn(b *testing.B) {
+	srv := pgtest.Get(b)
+	app := "warmpg_bench_churn"
+	dsn, _ := realisticURL(b, srv, 5*time.Millisecond, app)
+	p99 := map[string][]time.Duration{}
+	p50 := map[string][]time.Duration{}
+	failed := map[string]int{}
+	vs := churnVariants(5 * time.Second)
+	for i := 0; i < b.N; i++ {
+		for _, v := range vs {
+			lat, bad := churnOnce(b, srv, v, dsn, app, *churnDuration)
+			p99[v.name] = append(p99[v.name], pct(lat, 0.99))
+			p50[v.name] = append(p50[v.name], pct(lat, 0.5))
+			failed[v.name] += bad
+		}
+	}
+	for _, v := range vs {
+		b.ReportMetric(ms(median(p99[v.name])), v.name+"-p99-ms")
+		b.ReportMetric(ms(median(p50[v.name])), v.name+"-p50-ms")
+		b.ReportMetric(float64(failed[v.name]), v.name+"-failed")
+	}
+	b.ReportMetric(ms(median(p99["warmpg-churn"]))/ms(median(p99["warmpg-nochurn"])), "warmpg-churn/nochurn-p99")
+	b.ReportMetric(ms(median(p99["pgx-churn"]))/ms(median(p99["warmpg-nochurn"])), "pgx-churn/warmpg-nochurn-p99")
+}
+
+func churnOnce(tb testing.TB, srv *pgtest.Server, v churnVariant, dsn, app string, d time.Duration) ([]time.Duration, int) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d+2*time.Minute)
+	defer cancel()
+	db, err := v.open(dsn)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := warmpg.WarmDB(ctx, db, warmpg.WithMaxIdleConns(16), warmpg.WithLogger(discardLog)); err != nil {
+		tb.Fatal(err)
+	}
+	lat, bad := steadyLoad(ctx, db, 16, d)
+	db.Close()
+	if _, err := srv.WaitBackendCount(ctx, app, 0); err != nil {
+		tb.Fatal(err)
+	}
+	return lat, bad
+}
+
+// The benchmarks' code paths, briefly, in every go test run.
+func TestKeepWarmBenchVariantsWork(t *testing.T) {
+	srv := pgtest.Get(t)
+	app := appName(t)
+	dsn, _ := realisticURL(t, srv, 0, app)
+	for _, v := range churnVariants(300 * time.Millisecond) {
+		lat, bad := churnOnce(t, srv, v, dsn, app, 700*time.Millisecond)
+		if bad != 0 || len(lat) == 0 {
+			t.Errorf("%s: %d failed of %d", v.name, bad, len(lat))
+		}
+	}
+	db, err := sql.Open("warmpg", dsn+"&pool_prewarm=true&pool_max_conns=8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	lat, err := burstLatencies(ctxT(t, 30*time.Second), db, 8)
+	if err != nil || len(lat) != 8 {
+		t.Fatal(err)
+	}
+}
