@@ -112,3 +112,30 @@ func ExampleNewConnector_sqlmock() {
 	fmt.Println(name, mock.ExpectationsWereMet())
 	// Output: ada <nil>
 }
+
+// Warm with no code change: code that calls sql.Open itself (GORM does) gets
+// a pool that starts warm and stays warm from the DSN alone. database/sql
+// keeps only 2 idle connections unless told otherwise.
+func Example_keepWarm() {
+	db, err := sql.Open("warmpg", "postgres://app@db/app?pool_prewarm=true&pool_max_conns=20"+
+		"&pool_min_idle_conns=4&pool_max_conn_lifetime=30m")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(20)
+	db.SetMaxIdleConns(20)
+}
+
+// Counters show what reuse cost and how often the ready store served.
+func ExampleStats() {
+	db, err := sql.Open("warmpg", "postgres://app@db/app?pool_autocommit=true")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	if st, ok := warmpg.Stats(db); ok {
+		fmt.Println(st.Discarded, st.RolledBack)
+	}
+	// Output: 0 0
+}
