@@ -1,9 +1,12 @@
 package warmpg_test
 
 import (
+	"bytes"
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -237,4 +240,62 @@ func TestIntegrationLifetimeChurn(t *testing.T) {
 	if st.FromReady == 0 {
 		t.Error("no expiry was served from the keep-warm store")
 	}
+}
+
+// A known secret never shows in logs, errors, counters or reports: a wrong
+// password, through background prewarm (which logs its failures) and WarmDB.
+func TestIntegrationSecretNeverLogged(t *testing.T) {
+	srv := pgtest.Get(t).WithPasswordUser(t)
+	const secret = "N0t-The-Pa55word-42"
+	bad := srv.WithUser(srv.User, secret)
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			var logs syncBuffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			c, err := warmpg.OpenConnector(bad.URL("pool_backend="+string(b), "pool_prewarm=true", "pool_max_conns=3", "pool_min_idle_conns=1"),
+				warmpg.WithLogger(logger))
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := sql.OpenDB(c)
+			defer db.Close()
+			ctx := ctxT(t, 20*time.Second)
+			rep, err := warmpg.WarmDB(ctx, db, warmpg.WithWarmTimeout(2*time.Second))
+			if err == nil {
+				t.Fatal("wrong password: no error")
+			}
+			waitLogged := time.Now().Add(5 * time.Second)
+			for !strings.Contains(logs.String(), "background connect failed") && time.Now().Before(waitLogged) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			st, _ := warmpg.Stats(db)
+			texts := map[string]string{"error": err.Error(), "logs": logs.String(), "report": rep.String(), "counters": st.String()}
+			if !strings.Contains(texts["logs"], "password authentication failed") {
+				t.Errorf("logs lack the server's error: %q", texts["logs"])
+			}
+			for where, text := range texts {
+				if strings.Contains(text, secret) {
+					t.Errorf("the password shows in the %s: %q", where, text)
+				}
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

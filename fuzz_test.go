@@ -1,0 +1,79 @@
+package warmpg
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fuzzSecret is a password no parser could invent; it must never appear in
+// an error.
+const fuzzSecret = "Zq9-fuzz-S3CRET-xy"
+
+// FuzzParseDSN feeds DSNs and option-like values through the whole parse:
+// splitDSN, the pool_* keys, validation and the backends' own parsers. It
+// checks that nothing panics, that a rejection names a pool_* key it
+// rejects, that no error shows the password, and that an accepted DSN
+// reaches the inner driver without any pool_* key.
+//
+//	go test -run '^$' -fuzz FuzzParseDSN -fuzztime 30s .
+func FuzzParseDSN(f *testing.F) {
+	for _, seed := range []string{
+		"postgres://app:" + fuzzSecret + "@db:5432/app?sslmode=require&pool_max_conns=60&pool_max_idle_conns=50",
+		"postgresql://h1,h2/db?pool_reset=ping&pool_prewarm=true",
+		"warmpg://u@h/d?pool_backend=pq&pool_warm_timeout=2s",
+		"host=h port=5432 password='" + fuzzSecret + "' pool_max_conns=8 pool_reset = 'check'",
+		"host=h password=" + fuzzSecret + " pool_max_conn_lifetime=1h pool_max_conn_lifetime_jitter=5m",
+		"postgres://h/db?pool_max_conns=1e9",
+		"postgres://h/db?pool_max_conns=-1&pool_reset=sometimes",
+		"host=h pool_min_idle_conns=3 pool_max_conns=2",
+		"postgres://h/db?pool_%zz=1",
+		"postgres://u:" + fuzzSecret + "@h/db?password=" + fuzzSecret + "&pool_x=1",
+		"host='unterminated pool_max_conns=1",
+		"",
+		"=",
+		"pool_read_only=on pool_autocommit=yes",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, dsn string) {
+		old := environ
+		environ = func() []string { return nil }
+		defer func() { environ = old }()
+
+		inner, pool, _, splitErr := splitDSN(dsn)
+		c, err := OpenConnector(dsn, WithWarmTimeout(time.Second))
+		if err != nil {
+			msg := err.Error()
+			if strings.Contains(dsn, fuzzSecret) && strings.Contains(msg, fuzzSecret) {
+				t.Fatalf("error shows the password: %v", err)
+			}
+			if splitErr == nil {
+				// A pool_* rejection names the key.
+				for _, p := range pool {
+					if strings.Contains(msg, "invalid DSN "+p.key+"=") || strings.Contains(msg, "unknown DSN key "+strconv.Quote(p.key)) {
+						return
+					}
+				}
+				if strings.Contains(msg, "warmpg: invalid") || strings.Contains(msg, "warmpg: unknown") {
+					t.Fatalf("rejection names no key of %v: %v", pool, err)
+				}
+			}
+			return
+		}
+		defer c.Close()
+		if splitErr != nil {
+			t.Fatalf("splitDSN failed (%v) but OpenConnector accepted %q", splitErr, dsn)
+		}
+		// What the inner driver gets has no pool_* key left, and splitting
+		// it again finds none.
+		again, pool2, _, err := splitDSN(inner)
+		if err != nil || len(pool2) != 0 {
+			t.Fatalf("inner DSN %q of %q still has pool keys %v (%v)", inner, dsn, pool2, err)
+		}
+		if again != inner && !strings.HasPrefix(strings.ToLower(dsn), "warmpg://") {
+			t.Fatalf("splitting is not stable: %q then %q", inner, again)
+		}
+	})
+}
