@@ -124,16 +124,23 @@ func (r *ready) reconcile() time.Duration {
 	}
 	r.conns = keep
 	target := r.prewarmOwed + cfg.minIdleConns
+	retiring := 0
 	if cfg.keepWarm() {
 		for lc := range r.live {
 			if lc.expiresWithin(now, expiryLead) {
-				target++
+				retiring++
 			}
 		}
+		target += retiring
 	}
 	need := target - len(r.conns) - r.dialing
 	if cfg.maxConns > 0 {
-		need = min(need, cfg.maxConns-len(r.live)-len(r.conns)-r.dialing)
+		// The store and database/sql's connections stay within
+		// pool_max_conns, except that replacements for connections about
+		// to reach their lifetime are dialled before those retire: up to
+		// pool_min_idle_conns over the limit, for at most expiryLead.
+		overlap := min(retiring, cfg.minIdleConns)
+		need = min(need, cfg.maxConns+overlap-len(r.live)-len(r.conns)-r.dialing)
 	}
 	var wait time.Duration
 	limit := cfg.parallelism(max(need, 1))

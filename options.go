@@ -452,7 +452,9 @@ func WithMaxConnLifetimeJitter(d time.Duration) Option {
 // WithMinIdleConns keeps n ready connections in the connector beyond those
 // database/sql holds, replacing them as they are taken, die or expire, so a
 // burst that needs new connections does not pay connect latency
-// (pool_min_idle_conns; default 0: off).
+// (pool_min_idle_conns; default 0: off). Within pool_max_conns, except that
+// replacements for connections near their lifetime's end (up to n) are
+// dialled before those retire.
 func WithMinIdleConns(n int) Option {
 	return intOption("pool_min_idle_conns", bitMinIdleConns, n, 0, MaxPoolSize, func(c *config) *int { return &c.minIdleConns })
 }
