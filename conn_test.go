@@ -136,11 +136,15 @@ func TestNewConnectorNil(t *testing.T) {
 	}
 }
 
-// newMockDB returns a *sql.DB on go-sqlmock wrapped by warmpg, and the mock.
-func newMockDB(t *testing.T, opts ...Option) (*sql.DB, sqlmock.Sqlmock) {
+// newMockDB returns a *sql.DB on go-sqlmock wrapped by warmpg, the mock and
+// the connector. The mock matches SQL exactly and sees pings, and since it
+// hands out the same connection for every Open, the pool holds just one: so
+// every statement a reuse sends is visible, in order.
+func newMockDB(t *testing.T, opts ...Option) (*sql.DB, sqlmock.Sqlmock, *Connector) {
 	t.Helper()
 	withEnv(t)
-	mdb, mock, err := sqlmock.NewWithDSN(t.Name(), sqlmock.MonitorPingsOption(true))
+	mdb, mock, err := sqlmock.NewWithDSN(t.Name(), sqlmock.MonitorPingsOption(true),
+		sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,8 +158,9 @@ func newMockDB(t *testing.T, opts ...Option) (*sql.DB, sqlmock.Sqlmock) {
 		t.Fatal(err)
 	}
 	db := sql.OpenDB(c)
+	db.SetMaxOpenConns(1)
 	t.Cleanup(func() { db.Close() })
-	return db, mock
+	return db, mock, c
 }
 
 // Reusing a pooled connection pings nobody: database/sql calls ResetSession,
@@ -190,12 +195,11 @@ func TestReuseDoesNotPing(t *testing.T) {
 
 // Through go-sqlmock: statements reach the inner driver exactly as written.
 func TestSQLMockPassThrough(t *testing.T) {
-	db, mock := newMockDB(t)
-	db.SetMaxOpenConns(1)
+	db, mock, _ := newMockDB(t)
 	mock.ExpectQuery("select 1").WillReturnRows(sqlmock.NewRows([]string{"n"}).AddRow(1))
-	mock.ExpectExec("update t set x = \\$1").WithArgs(5).WillReturnResult(sqlmock.NewResult(0, 1))
+	mock.ExpectExec("update t set x = $1").WithArgs(5).WillReturnResult(sqlmock.NewResult(0, 1))
 	mock.ExpectBegin()
-	mock.ExpectExec("insert").WillReturnResult(sqlmock.NewResult(1, 1))
+	mock.ExpectExec("insert into t values (1)").WillReturnResult(sqlmock.NewResult(1, 1))
 	mock.ExpectCommit()
 
 	var n int

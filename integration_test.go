@@ -47,6 +47,20 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// ownCluster starts a private cluster for a test that stops or restarts
+// its server, closed when the test ends. Where no local cluster can be had,
+// the test skips, or fails under CI, as every test does.
+func ownCluster(t *testing.T, ctx context.Context) *pgtest.Server {
+	t.Helper()
+	srv, err := pgtest.StartLocal(ctx)
+	if err != nil {
+		pgtest.Get(t)
+		t.Fatalf("own cluster: %v", err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return srv
+}
+
 var backends = []warmpg.Backend{warmpg.BackendPgx, warmpg.BackendPQ}
 
 // Both backends, both DSN forms: pool_* keys are taken out (the server would

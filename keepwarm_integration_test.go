@@ -111,12 +111,7 @@ func TestIntegrationKeepWarmReplacesKilled(t *testing.T) {
 // bounded (no storm), and warming completes once the server is up.
 func TestIntegrationServerDownAtOpen(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
-	srv, err := pgtest.StartLocal(ctx)
-	if err != nil {
-		pgtest.Get(t)
-		t.Fatalf("own cluster: %v", err)
-	}
-	defer srv.Close()
+	srv := ownCluster(t, ctx)
 	if err := srv.Stop(ctx, "fast"); err != nil {
 		t.Fatal(err)
 	}
@@ -157,12 +152,7 @@ func TestIntegrationServerDownAtOpen(t *testing.T) {
 // is starting, and fails with the server's error when it never comes.
 func TestIntegrationOpenPrewarmWaitsForServer(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
-	srv, err := pgtest.StartLocal(ctx)
-	if err != nil {
-		pgtest.Get(t)
-		t.Fatalf("own cluster: %v", err)
-	}
-	defer srv.Close()
+	srv := ownCluster(t, ctx)
 	if err := srv.Stop(ctx, "fast"); err != nil {
 		t.Fatal(err)
 	}

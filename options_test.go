@@ -2,6 +2,7 @@ package warmpg
 
 import (
 	"database/sql"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,12 +16,31 @@ func withEnv(t *testing.T, kv ...string) {
 	t.Cleanup(func() { environ = old })
 }
 
+// splitCase is a DSN, what the inner driver must get, and the pool_* keys.
+type splitCase struct {
+	dsn, inner string
+	pool       []dsnParam
+}
+
+func checkSplit(t *testing.T, cases []splitCase) {
+	t.Helper()
+	for _, tc := range cases {
+		inner, pool, _, err := splitDSN(tc.dsn)
+		if err != nil {
+			t.Fatalf("splitDSN(%q): %v", tc.dsn, err)
+		}
+		if inner != tc.inner {
+			t.Errorf("splitDSN(%q) inner = %q, want %q", tc.dsn, inner, tc.inner)
+		}
+		if !slices.Equal(pool, tc.pool) {
+			t.Errorf("splitDSN(%q) pool = %v, want %v", tc.dsn, pool, tc.pool)
+		}
+	}
+}
+
 func TestSplitDSNURL(t *testing.T) {
 	withEnv(t)
-	cases := []struct {
-		dsn, inner string
-		pool       []dsnParam
-	}{
+	cases := []splitCase{
 		{"postgres://u:p@h:5432/db", "postgres://u:p@h:5432/db", nil},
 		{"postgres://u@h/db?sslmode=require&pool_max_conns=60&pool_max_idle_conns=50",
 			"postgres://u@h/db?sslmode=require", []dsnParam{{"pool_max_conns", "60"}, {"pool_max_idle_conns", "50"}}},
@@ -32,30 +52,11 @@ func TestSplitDSNURL(t *testing.T) {
 		// Encoding of untouched keys is kept byte for byte.
 		{"postgres://h/db?options=-c%20search_path%3Dx&pool_reset=none", "postgres://h/db?options=-c%20search_path%3Dx", []dsnParam{{"pool_reset", "none"}}},
 	}
-	for _, tc := range cases {
-		inner, pool, _, err := splitDSN(tc.dsn)
-		if err != nil {
-			t.Fatalf("splitDSN(%q): %v", tc.dsn, err)
-		}
-		if inner != tc.inner {
-			t.Errorf("splitDSN(%q) inner = %q, want %q", tc.dsn, inner, tc.inner)
-		}
-		if len(pool) != len(tc.pool) {
-			t.Fatalf("splitDSN(%q) pool = %v, want %v", tc.dsn, pool, tc.pool)
-		}
-		for i := range pool {
-			if pool[i] != tc.pool[i] {
-				t.Errorf("splitDSN(%q) pool[%d] = %v, want %v", tc.dsn, i, pool[i], tc.pool[i])
-			}
-		}
-	}
+	checkSplit(t, cases)
 }
 
 func TestSplitDSNKeyValue(t *testing.T) {
-	cases := []struct {
-		dsn, inner string
-		pool       []dsnParam
-	}{
+	cases := []splitCase{
 		{"host=h port=5432 dbname=db", "host=h port=5432 dbname=db", nil},
 		{"host=h pool_max_conns=8 dbname=db", "host=h dbname=db", []dsnParam{{"pool_max_conns", "8"}}},
 		{"  host = h   pool_reset = 'ping'  password='a b\\'c'", "host = h password='a b\\'c'", []dsnParam{{"pool_reset", "ping"}}},
@@ -63,23 +64,7 @@ func TestSplitDSNKeyValue(t *testing.T) {
 		{"", "", nil},
 		{"application_name='x y' pool_prewarm='on'", "application_name='x y'", []dsnParam{{"pool_prewarm", "on"}}},
 	}
-	for _, tc := range cases {
-		inner, pool, _, err := splitDSN(tc.dsn)
-		if err != nil {
-			t.Fatalf("splitDSN(%q): %v", tc.dsn, err)
-		}
-		if inner != tc.inner {
-			t.Errorf("splitDSN(%q) inner = %q, want %q", tc.dsn, inner, tc.inner)
-		}
-		if len(pool) != len(tc.pool) {
-			t.Fatalf("splitDSN(%q) pool = %v, want %v", tc.dsn, pool, tc.pool)
-		}
-		for i := range pool {
-			if pool[i] != tc.pool[i] {
-				t.Errorf("splitDSN(%q) pool[%d] = %v, want %v", tc.dsn, i, pool[i], tc.pool[i])
-			}
-		}
-	}
+	checkSplit(t, cases)
 }
 
 func TestSplitDSNMalformed(t *testing.T) {

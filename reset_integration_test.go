@@ -298,12 +298,7 @@ func burstFailures(ctx context.Context, db *sql.DB, n int) (failed int, errs []e
 // (the control, which shows the restart really left stale connections).
 func TestIntegrationFastRestartCheckMode(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
-	srv, err := pgtest.StartLocal(ctx)
-	if err != nil {
-		pgtest.Get(t) // skips (or fails under CI) the way every test does
-		t.Fatalf("own cluster for restarts: %v", err)
-	}
-	defer srv.Close()
+	srv := ownCluster(t, ctx)
 	const pool = 8
 	open := map[string]func() (*sql.DB, error){
 		"warmpg-check-pgx": func() (*sql.DB, error) { return warmpg.Open(srv.URL(fmt.Sprintf("pool_max_conns=%d", pool))) },

@@ -10,32 +10,6 @@ import (
 	"github.com/DATA-DOG/go-sqlmock"
 )
 
-// newExactMockDB is newMockDB with exact SQL matching and one connection,
-// so every statement on reuse is visible in order. go-sqlmock hands out the
-// same connection for every Open, so the pool must hold just one.
-func newExactMockDB(t *testing.T, opts ...Option) (*sql.DB, sqlmock.Sqlmock, *Connector) {
-	t.Helper()
-	withEnv(t)
-	mdb, mock, err := sqlmock.NewWithDSN(t.Name(), sqlmock.MonitorPingsOption(true),
-		sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mdb.Close() })
-	inner, err := ConnectorFromDriver(mdb.Driver(), t.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConnector(inner, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(c)
-	db.SetMaxOpenConns(1)
-	t.Cleanup(func() { db.Close() })
-	return db, mock, c
-}
-
 func execOK(t *testing.T, db interface {
 	ExecContext(context.Context, string, ...any) (sql.Result, error)
 }, q string) {
@@ -64,7 +38,7 @@ func TestResetModesSQL(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(string(tc.mode), func(t *testing.T) {
-			db, mock, c := newExactMockDB(t, WithReset(tc.mode))
+			db, mock, c := newMockDB(t, WithReset(tc.mode))
 			mock.ExpectExec(work).WillReturnResult(result)
 			for range 2 {
 				tc.expect(mock)
@@ -89,7 +63,7 @@ func TestResetModesSQL(t *testing.T) {
 // go-sqlmock): a BEGIN left open by Exec is rolled back on reuse, a SET is
 // reset, and ordinary statements (UPDATE ... SET included) cost nothing.
 func TestCheckReadsStatementsWhereDriverIsSilent(t *testing.T) {
-	db, mock, c := newExactMockDB(t)
+	db, mock, c := newMockDB(t)
 	ok := sqlmock.NewResult(0, 0)
 	ctx := context.Background()
 
@@ -145,7 +119,7 @@ func TestFirstWord(t *testing.T) {
 // A failed reset statement discards the connection with driver.ErrBadConn:
 // database/sql then dials a new one, and the application's query succeeds.
 func TestFailedResetDiscards(t *testing.T) {
-	db, mock, c := newExactMockDB(t, WithReset(ResetRollback))
+	db, mock, c := newMockDB(t, WithReset(ResetRollback))
 	ok := sqlmock.NewResult(0, 0)
 	mock.ExpectExec("select 1").WillReturnResult(ok)
 	mock.ExpectExec("ROLLBACK").WillReturnError(errors.New("server gone"))
@@ -181,7 +155,7 @@ func (refusingConn) ResetSession(context.Context) error { return errors.New("no"
 // Autocommit: a transaction that cannot write sends no BEGIN or COMMIT; a
 // read-write, a serializable or a repeatable-read one stays a transaction.
 func TestAutocommitSQL(t *testing.T) {
-	db, mock, c := newExactMockDB(t, WithAutocommit(true), WithReset(ResetNone))
+	db, mock, c := newMockDB(t, WithAutocommit(true), WithReset(ResetNone))
 	ctx := context.Background()
 	rows := func() *sqlmock.Rows { return sqlmock.NewRows([]string{"n"}).AddRow(1) }
 
@@ -239,7 +213,7 @@ func TestAutocommitSQL(t *testing.T) {
 // On a pool_read_only pool every transaction cannot write: with autocommit
 // none sends BEGIN.
 func TestAutocommitReadOnlyPool(t *testing.T) {
-	db, mock, _ := newExactMockDB(t, WithAutocommit(true), WithReadOnly(true), WithReset(ResetNone))
+	db, mock, _ := newMockDB(t, WithAutocommit(true), WithReadOnly(true), WithReset(ResetNone))
 	mock.ExpectExec("select 1").WillReturnResult(sqlmock.NewResult(0, 0))
 	tx, err := db.BeginTx(context.Background(), nil)
 	if err != nil {
