@@ -30,7 +30,6 @@ type ready struct {
 	prewarmOwed int // prewarm connections not yet dialled successfully
 	failures    int // consecutive failed dials
 	retryAt     time.Time
-	lastErr     error
 	closed      bool
 
 	wake chan struct{} // buffered 1: something changed, reconcile
@@ -178,7 +177,6 @@ func (r *ready) dial() {
 		return
 	}
 	if err != nil {
-		r.lastErr = err
 		// Dials that were in flight together fail together: one backoff
 		// step for all of them.
 		now := time.Now()
@@ -221,6 +219,7 @@ func (r *ready) take() driver.Conn {
 	r.mu.Lock()
 	for len(r.conns) > 0 {
 		rc := r.conns[0]
+		r.conns[0] = nil // let the array drop it
 		r.conns = r.conns[1:]
 		if rc.base.expired(now) || rc.base.peek() != peekEmpty {
 			drop = append(drop, rc)

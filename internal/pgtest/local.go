@@ -38,6 +38,7 @@ type cluster struct {
 	cred          *syscall.Credential // nil: run as ourselves
 	timeout       time.Duration
 	mu            sync.Mutex // serializes pg_ctl calls
+	tls           *tlsFiles  // WithTLS: the CA files tests verify with; nil without TLS
 }
 
 // StartLocal starts a new, separate throwaway cluster from the local server
@@ -101,6 +102,11 @@ func StartLocal(ctx context.Context, opts ...Option) (srv *Server, err error) {
 	}
 	if err := c.writeFile(filepath.Join(c.dataDir, "pg_hba.conf"), hbaConf); err != nil {
 		return nil, err
+	}
+	if cfg.tls {
+		if err := c.setupTLS(cfg); err != nil {
+			return nil, err
+		}
 	}
 
 	// The free port may be taken by someone else before the server binds

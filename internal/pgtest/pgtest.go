@@ -347,6 +347,7 @@ type config struct {
 	settings     []param
 	startTimeout time.Duration
 	image        string
+	tls          bool // WithTLS (StartLocal only; see tls.go)
 }
 
 func newConfig(opts []Option) *config {
