@@ -70,12 +70,20 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 // environment, the DSN's pool_* keys, opts. It returns the DSN for the inner
 // driver.
 func parseConfig(dsn string, opts []Option) (config, string, error) {
-	cfg := newConfig()
 	inner, pool, secrets, err := splitDSN(dsn)
-	cfg.secrets = secrets
 	if err != nil {
-		return cfg, "", err
+		return config{}, "", err
 	}
+	cfg, err := buildConfig(pool, opts)
+	cfg.secrets = secrets
+	return cfg, inner, redact(err, secrets)
+}
+
+// buildConfig applies, over the defaults, the environment, then the DSN's
+// pool_* keys, then opts, and validates the result; the error names every
+// bad setting.
+func buildConfig(pool []dsnParam, opts []Option) (config, error) {
+	cfg := newConfig()
 	errs := []error{cfg.applyEnv(environ())}
 	for _, p := range pool {
 		errs = append(errs, cfg.setParam("DSN", p.key, p.value))
@@ -84,10 +92,7 @@ func parseConfig(dsn string, opts []Option) (config, string, error) {
 		o(&cfg)
 	}
 	errs = append(errs, cfg.validate())
-	if err := errors.Join(errs...); err != nil {
-		return cfg, "", redact(err, secrets)
-	}
-	return cfg, inner, nil
+	return cfg, errors.Join(errs...)
 }
 
 // backendConnector builds the inner connector for a DSN already stripped of
@@ -140,13 +145,8 @@ func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
 	if inner == nil {
 		return nil, errors.New("warmpg: NewConnector: inner connector is nil")
 	}
-	cfg := newConfig()
-	errs := []error{cfg.applyEnv(environ())}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	errs = append(errs, cfg.validate())
-	if err := errors.Join(errs...); err != nil {
+	cfg, err := buildConfig(nil, opts)
+	if err != nil {
 		return nil, err
 	}
 	c := newConnector(inner, cfg)
