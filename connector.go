@@ -208,12 +208,9 @@ func (c *Connector) Close() error {
 // Inner returns the connector c wraps.
 func (c *Connector) Inner() driver.Connector { return c.inner }
 
-// applyPool sets db's pool from c's settings.
-func (c *Connector) applyPool(db *sql.DB) { c.cfg.applyPool(db, ^uint32(0)) }
-
-// applyPool applies the pool settings whose bits are in which (all of them
-// for a warmpg DB, where an unset one means its default; only the explicitly
-// set ones for a DB warmpg did not open).
+// applyPool applies to db the pool settings whose bits are in which: those
+// the DSN, the environment or an option set (an unset one would only repeat
+// database/sql's default, or undo what the application set by hand).
 func (cfg *config) applyPool(db *sql.DB, which uint32) {
 	if which&bitMaxConns != 0 {
 		db.SetMaxOpenConns(cfg.maxConns)
@@ -241,7 +238,7 @@ func Open(dsn string, opts ...Option) (*sql.DB, error) {
 	}
 	c.startReady(false) // Open warms below, blocking; keep-warm may still run
 	db := sql.OpenDB(c)
-	c.applyPool(db)
+	c.cfg.applyPool(db, c.cfg.set)
 	if c.cfg.prewarm {
 		if _, err := WarmDB(context.Background(), db); err != nil {
 			db.Close()

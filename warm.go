@@ -37,7 +37,8 @@ func (r WarmReport) String() string {
 //
 // On a DB opened through warmpg (sql.Open("warmpg", ...), Open, or
 // sql.OpenDB with a *Connector) it first applies the pool settings the DSN,
-// the environment and opts name, then warms pool_max_idle_conns connections.
+// the environment and opts set (a limit set by hand on db stays unless one of
+// them overrides it), then warms pool_max_idle_conns connections.
 // On any other *sql.DB (lib/pq, plain pgx, go-sqlmock) the count must be given
 // with WithMaxIdleConns; WarmDB then also sets db.SetMaxIdleConns to it, since
 // database/sql would otherwise close all but 2 of them, and applies
@@ -60,8 +61,6 @@ func WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error)
 	cfg := newConfig()
 	if ours {
 		cfg = c.cfg
-		cfg.set = 0 // track what opts set, to apply to db below
-		cfg.errs = nil
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -69,21 +68,24 @@ func WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error)
 	if err := cfg.validate(); err != nil {
 		return WarmReport{}, err
 	}
-	apply := cfg.set
-	if ours {
-		apply = ^uint32(0)
-		cfg.set |= c.cfg.set
-	} else if cfg.set&bitMaxIdleConns == 0 {
+	if !ours && cfg.set&bitMaxIdleConns == 0 {
 		return WarmReport{}, errors.New("warmpg: WarmDB: db was not opened through warmpg, so the number of connections to warm is unknown: pass warmpg.WithMaxIdleConns(n)")
 	}
-	cfg.applyPool(db, apply)
+	// Only what the DSN, the environment or opts set: a limit the
+	// application set by hand on db stays unless a setting says otherwise.
+	cfg.applyPool(db, cfg.set)
 
 	n := cfg.idleConns()
-	if maxOpen := db.Stats().MaxOpenConnections; maxOpen > 0 && n > maxOpen {
-		return WarmReport{Requested: n}, fmt.Errorf("warmpg: WarmDB: cannot warm %d connections: the pool allows at most %d open (pool_max_conns / SetMaxOpenConns); lower pool_max_idle_conns or raise pool_max_conns", n, maxOpen)
+	st := db.Stats()
+	if st.MaxOpenConnections > 0 && n > st.MaxOpenConnections {
+		return WarmReport{Requested: n}, fmt.Errorf("warmpg: WarmDB: cannot warm %d connections: the pool allows at most %d open (pool_max_conns / SetMaxOpenConns); lower pool_max_idle_conns or raise pool_max_conns", n, st.MaxOpenConnections)
 	}
 	rep, err := warm(ctx, db, n, cfg.parallelism(n), cfg.warmTimeout)
 	logWarm(cfg.log(), rep, err)
+	if closed := db.Stats().MaxIdleClosed - st.MaxIdleClosed; closed > 0 {
+		cfg.log().Warn("warmpg: database/sql closed warmed connections: its MaxIdleConns is below the warm count; set pool_max_idle_conns (or db.SetMaxIdleConns)",
+			"closed", closed, "warmed", rep.Warmed)
+	}
 	return rep, err
 }
 

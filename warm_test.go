@@ -244,3 +244,35 @@ func TestWarmReportString(t *testing.T) {
 	}
 	_ = fmt.Sprint(r)
 }
+
+// A limit the application set by hand on a warmpg DB survives WarmDB when
+// no DSN key or option overrides it.
+func TestWarmDBKeepsHandSetLimits(t *testing.T) {
+	fc := &fakeConnector{}
+	db, _ := openFake(t, fc)
+	db.SetMaxOpenConns(5)
+	if _, err := WarmDB(context.Background(), db, WithMaxIdleConns(3)); err != nil {
+		t.Fatal(err)
+	}
+	if st := db.Stats(); st.MaxOpenConnections != 5 || st.Idle != 3 {
+		t.Errorf("MaxOpenConnections %d idle %d, want 5 and 3", st.MaxOpenConnections, st.Idle)
+	}
+}
+
+// database/sql closing warmed connections (MaxIdleConns below the count) is
+// logged, not silent.
+func TestWarmDBWarnsWhenIdleLimitCloses(t *testing.T) {
+	var logs bytes.Buffer
+	fc := &fakeConnector{}
+	db, _ := openFake(t, fc, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	// No pool_max_idle_conns: WarmDB warms database/sql's default 2, and
+	// the application lowered MaxIdleConns to 1 by hand.
+	db.SetMaxIdleConns(1)
+	rep, err := WarmDB(context.Background(), db)
+	if err != nil || rep.Warmed != 2 {
+		t.Fatalf("%v %+v", err, rep)
+	}
+	if !strings.Contains(logs.String(), "database/sql closed warmed connections") {
+		t.Errorf("no warning in %q", logs.String())
+	}
+}

@@ -79,6 +79,12 @@ func (pp *pipe) read() {
 	for {
 		bp := bufPool.Get().(*[]byte)
 		n, now, err := pp.src.read(*bp)
+		if ok, waited := pp.p.hole.pass(pp.c.done); !ok {
+			bufPool.Put(bp) // closed while black-holed (blackhole.go)
+			return
+		} else if waited {
+			now = mono() // the injected delay counts from release
+		}
 		if n > 0 && pp.parser != nil && !pp.parser.done() {
 			pp.parser.feed((*bp)[:n])
 			if len(pp.parser.out) > 0 {

@@ -117,6 +117,7 @@ type Proxy struct {
 	textLimit int
 	spin      time.Duration
 	oneWay    atomic.Int64 // one-way delay in nanoseconds
+	hole      blackHole    // see blackhole.go
 
 	ctx    context.Context // cancelled by Close; parent of upstream dials
 	cancel context.CancelFunc
