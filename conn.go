@@ -127,10 +127,8 @@ func (c *conn) Begin() (driver.Tx, error) {
 // On a pool_read_only pool every transaction is begun read-only.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	cfg := &c.c.cfg
-	if cfg.readOnly {
-		opts.ReadOnly = true
-	}
-	if cfg.autocommit && opts.ReadOnly &&
+	cannotWrite := opts.ReadOnly || cfg.readOnly
+	if cfg.autocommit && cannotWrite &&
 		(opts.Isolation == driver.IsolationLevel(sql.LevelDefault) || opts.Isolation == driver.IsolationLevel(sql.LevelReadCommitted)) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -139,8 +137,11 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return autocommitTx{}, nil
 	}
 	if bt, ok := c.inner.(driver.ConnBeginTx); ok {
+		opts.ReadOnly = cannotWrite
 		return bt.BeginTx(ctx, opts)
 	}
+	// A driver without BeginTx cannot begin read-only; on a pool_read_only
+	// pool the server refuses writes all the same.
 	if opts.Isolation != driver.IsolationLevel(0) {
 		return nil, errors.New("sql: driver does not support non-default isolation level")
 	}

@@ -3,16 +3,30 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/warmpg/warmpg/internal/pgtest"
 	"github.com/warmpg/warmpg/internal/warmbench"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if code == 0 {
+		// Every connection and server the tests used is closed: no
+		// goroutine may outlive them.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // The demo against a server it is given: a table with every method, each
 // row a time and a ratio.
