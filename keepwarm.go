@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"sync"
 	"syscall"
@@ -357,10 +358,14 @@ func (c *Connector) dial(ctx context.Context) (driver.Conn, error) {
 }
 
 // transientConnectError reports whether a connect failed because the server
-// is not accepting connections yet: refused, or SQLSTATE 57P03 (the
-// database system is starting up / shutting down / in recovery).
+// is not accepting connections yet: refused, reset or closed before the
+// session started (a server shutting down resets pending connects; a proxy
+// in front of a stopped server closes them), or SQLSTATE 57P03 (the
+// database system is starting up / shutting down / in recovery). A failed
+// connect has run nothing, so retrying it is always safe.
 func transientConnectError(err error) bool {
-	if errors.Is(err, syscall.ECONNREFUSED) {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return true
 	}
 	// pgx's *pgconn.PgError and lib/pq's *pq.Error both say SQLState.

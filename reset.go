@@ -54,14 +54,18 @@ func errBadConn(why string, cause error) error {
 
 // ResetSession runs before database/sql hands out a connection that was used
 // before. It does what the pool_reset mode says (see the table above), then
-// the inner driver's own ResetSession — except for the pgx connector warmpg
-// builds itself, whose ResetSession would only repeat warmpg's checks (its
-// ping on first reuse and after a second idle is turned off). The clean
-// path of check sends nothing.
+// the inner driver's own ResetSession — except, in check mode, for the pgx
+// connector warmpg builds itself, whose ResetSession would only repeat
+// warmpg's checks (its ping on first reuse and after a second idle is
+// turned off). The clean path of check sends nothing.
 func (c *conn) ResetSession(ctx context.Context) error {
 	out, err := c.reset(ctx)
 	c.maybeTx, c.maybeSession = false, false
-	if err == nil && !(c.pgx != nil && c.c.ownPgx) {
+	// In check mode warmpg has just made the checks the pgx connector it
+	// built would repeat (closed, transaction status); every other mode
+	// keeps pgx's own, which discards a connection left in a transaction.
+	skipInner := c.pgx != nil && c.c.ownPgx && c.c.cfg.reset == ResetCheck
+	if err == nil && !skipInner {
 		if r, ok := c.inner.(driver.SessionResetter); ok {
 			if err = r.ResetSession(ctx); err != nil && !errors.Is(err, driver.ErrBadConn) {
 				// database/sql ignores any other error and reuses the
