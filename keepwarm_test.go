@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"syscall"
 	"testing"
 	"time"
@@ -190,6 +191,11 @@ func TestTransientConnectError(t *testing.T) {
 	}
 	if !transientConnectError(sqlStateErr("57P03")) {
 		t.Error("57P03")
+	}
+	for _, err := range []error{fmt.Errorf("read: %w", syscall.ECONNRESET), fmt.Errorf("receive: %w", io.ErrUnexpectedEOF), io.EOF} {
+		if !transientConnectError(err) {
+			t.Errorf("%v: a connect reset or closed before startup must be retried", err)
+		}
 	}
 	if transientConnectError(sqlStateErr("28P01")) || transientConnectError(errors.New("x")) {
 		t.Error("permanent errors must not be retried")
