@@ -5,6 +5,9 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,6 +56,13 @@ type conn struct {
 	maybeTx, maybeSession bool
 	// expiresAt is when this connection's own lifetime ends (zero: never).
 	expiresAt time.Time
+
+	// The deadline watchdog (watchdog.go), for a non-pgx connection whose
+	// socket warmpg dialled: nc is that socket.
+	nc        net.Conn
+	watchMu   sync.Mutex
+	stopWatch func() bool
+	timedOut  atomic.Bool // a watchdog fired: the protocol state is unknown
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -62,12 +72,18 @@ func (c connNVC) CheckNamedValue(nv *driver.NamedValue) error {
 	return c.inner.(driver.NamedValueChecker).CheckNamedValue(nv)
 }
 
-// wrapConn wraps inner; raw is the socket the connector saw dialled, if any.
-func wrapConn(inner driver.Conn, c *Connector, raw syscall.RawConn) driver.Conn {
-	w := &conn{inner: inner, c: c, pgx: pgxConn(inner), raw: raw}
+// wrapConn wraps inner; nc is the socket the connector saw dialled for it,
+// if any (lib/pq through OpenConnector).
+func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
+	w := &conn{inner: inner, c: c, pgx: pgxConn(inner)}
 	if w.pgx != nil {
+		// pgx ends a statement on its context itself, and says where its
+		// socket is.
 		w.raw = rawConnOf(w.pgx.Conn().PgConn().Conn())
 		w.snapshotParams()
+	} else if nc != nil {
+		w.nc = nc
+		w.raw = rawConnOf(nc)
 	}
 	w.setLifetime(time.Now())
 	if _, ok := inner.(driver.NamedValueChecker); ok {
@@ -110,6 +126,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 }
 
 func (c *conn) Close() error {
+	c.disarm()
 	if c.c.ready != nil && c.c.cfg.keepWarm() {
 		c.c.ready.untrack(c)
 	}
@@ -138,6 +155,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	}
 	if bt, ok := c.inner.(driver.ConnBeginTx); ok {
 		opts.ReadOnly = cannotWrite
+		defer c.watch(ctx)()
 		return bt.BeginTx(ctx, opts)
 	}
 	// A driver without BeginTx cannot begin read-only; on a pool_read_only
@@ -164,6 +182,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	c.noteStatement(query)
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
+		defer c.watch(ctx)()
 		return p.PrepareContext(ctx, query)
 	}
 	if err := ctx.Err(); err != nil {
@@ -183,7 +202,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	c.noteStatement(query)
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
-		return e.ExecContext(ctx, query, args)
+		defer c.watch(ctx)()
+		res, err := e.ExecContext(ctx, query, args)
+		return res, c.ctxErr(ctx, err)
 	case driver.Execer: //nolint:staticcheck // legacy drivers
 		values, err := namedValuesToValues(args)
 		if err != nil {
@@ -203,7 +224,13 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	c.noteStatement(query)
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
-		return q.QueryContext(ctx, query, args)
+		disarm := c.watch(ctx)
+		rows, err := q.QueryContext(ctx, query, args)
+		if err != nil || !c.armed() {
+			disarm()
+			return rows, c.ctxErr(ctx, err)
+		}
+		return &watchedRows{Rows: rows, c: c, ctx: ctx, disarm: disarm}, nil
 	case driver.Queryer: //nolint:staticcheck // legacy drivers
 		values, err := namedValuesToValues(args)
 		if err != nil {
@@ -232,6 +259,7 @@ func namedValuesToValues(named []driver.NamedValue) ([]driver.Value, error) {
 // database/sql does.
 func (c *conn) Ping(ctx context.Context) error {
 	if p, ok := c.inner.(driver.Pinger); ok {
+		defer c.watch(ctx)()
 		return p.Ping(ctx)
 	}
 	return nil

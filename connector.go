@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -277,7 +276,7 @@ func (t dsnConnector) Connect(context.Context) (driver.Conn, error) { return t.d
 func (t dsnConnector) Driver() driver.Driver                        { return t.d }
 
 // socketSlot receives the socket a socketDialer dials for one Connect.
-type socketSlot struct{ raw syscall.RawConn }
+type socketSlot struct{ nc net.Conn }
 
 type socketSlotKey struct{}
 
@@ -303,7 +302,7 @@ func (socketDialer) DialContext(ctx context.Context, network, address string) (n
 		return nil, err
 	}
 	if slot, ok := ctx.Value(socketSlotKey{}).(*socketSlot); ok {
-		slot.raw = rawConnOf(nc)
+		slot.nc = nc
 	}
 	return nc, nil
 }

@@ -327,7 +327,7 @@ func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
 		return nil, nil, err
 	}
 	c.stats.connects.Add(1)
-	w := wrapConn(ic, c, slot.raw)
+	w := wrapConn(ic, c, slot.nc)
 	return w, baseConn(w), nil
 }
 

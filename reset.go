@@ -93,8 +93,12 @@ const (
 )
 
 func (c *conn) reset(ctx context.Context) (outcome, error) {
+	c.disarm()
 	if c.innerClosed() {
 		return outDiscarded, errBadConn("connection closed", nil)
+	}
+	if c.timedOut.Load() {
+		return outDiscarded, errBadConn("a statement's context ended while it ran", nil)
 	}
 	if c.expiredNow() {
 		return outDiscarded, errBadConn("connection lifetime (pool_max_conn_lifetime) passed", nil)
@@ -261,7 +265,8 @@ func (c *conn) exec(ctx context.Context, sql string) error {
 
 // IsValid runs when a connection goes back to the pool; it does no I/O.
 func (c *conn) IsValid() bool {
-	if c.innerClosed() || c.expiredNow() {
+	c.disarm()
+	if c.innerClosed() || c.expiredNow() || c.timedOut.Load() {
 		return false
 	}
 	if v, ok := c.inner.(driver.Validator); ok {

@@ -559,3 +559,54 @@ func TestIntegrationPeekDoesNotWaitForPgxBackgroundReader(t *testing.T) {
 		t.Fatal("reuse still blocked 10 s after start (deadline 3 s): check mode's peek waits for pgx's background read")
 	}
 }
+
+// The lib/pq deadline watchdog leaves normal use alone: a context cancelled
+// after its statement finished — the usual defer cancel() — breaks neither
+// the transaction it ran in nor the pooled connection.
+func TestIntegrationWatchdogIdleAfterCancel(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 20*time.Second)
+	db, err := warmpg.Open(srv.URL("pool_backend=pq", "pool_max_conns=1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		qctx, cancel := context.WithCancel(ctx)
+		rows, err := tx.QueryContext(qctx, "select generate_series(1, $1::int)", 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		if err := rows.Close(); err != nil || n != 3 {
+			t.Fatalf("rows: %d %v", n, err)
+		}
+		cancel() // after the rows are done: must not touch the socket
+		ectx, ecancel := context.WithCancel(ctx)
+		if _, err := tx.ExecContext(ectx, "select $1::int", i); err != nil {
+			t.Fatalf("statement %d in the transaction after a cancelled context: %v", i, err)
+		}
+		ecancel()
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		qctx, cancel := context.WithCancel(ctx)
+		var x int
+		if err := db.QueryRowContext(qctx, "select $1::int", 1).Scan(&x); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+	}
+	if st, _ := warmpg.Stats(db); st.Connects != 1 || st.Discarded != 0 {
+		t.Errorf("counters %v: one connection, never discarded", st)
+	}
+}
