@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"io"
+	"reflect"
 	"testing"
 
 	"github.com/DATA-DOG/go-sqlmock"
@@ -243,5 +245,33 @@ func TestWarmDBForeignSQLMock(t *testing.T) {
 	}
 	if err := mock.ExpectationsWereMet(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Wrapped rows (the lib/pq watchdog's) answer the optional column
+// interfaces as the inner rows do, and as database/sql does for rows that
+// lack them.
+func TestWatchedRowsFallbacks(t *testing.T) {
+	disarmed := 0
+	r := &watchedRows{Rows: &fakeRows{n: 1}, c: &conn{}, ctx: context.Background(), disarm: func() { disarmed++ }}
+	if got := r.ColumnTypeScanType(0); got != reflect.TypeFor[any]() {
+		t.Errorf("scan type %v", got)
+	}
+	if r.ColumnTypeDatabaseTypeName(0) != "" || r.HasNextResultSet() || r.NextResultSet() != io.EOF {
+		t.Error("fallbacks differ from database/sql's")
+	}
+	if _, ok := r.ColumnTypeLength(0); ok {
+		t.Error("length")
+	}
+	if _, ok := r.ColumnTypeNullable(0); ok {
+		t.Error("nullable")
+	}
+	if _, _, ok := r.ColumnTypePrecisionScale(0); ok {
+		t.Error("precision")
+	}
+	r.Close()
+	r.Close()
+	if disarmed != 1 {
+		t.Errorf("disarmed %d times, want once", disarmed)
 	}
 }
