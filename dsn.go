@@ -89,6 +89,15 @@ func splitURL(scheme, rest string) (string, []dsnParam, []string, error) {
 	return inner, pool, secrets, nil
 }
 
+// plainKeywords are libpq connection keywords whose values are no secret,
+// so an error may name them.
+var plainKeywords = map[string]bool{
+	"host": true, "hostaddr": true, "port": true, "dbname": true, "user": true, "sslmode": true,
+	"application_name": true, "connect_timeout": true, "options": true, "sslrootcert": true,
+	"sslcert": true, "sslkey": true, "target_session_attrs": true, "client_encoding": true,
+	"passfile": true, "service": true, "password": true, "sslpassword": true,
+}
+
 func isSecretKey(key string) bool { return key == "password" || key == "sslpassword" }
 
 func appendSecret(secrets []string, s string) []string {
@@ -127,7 +136,13 @@ func splitKeyValue(dsn string) (string, []dsnParam, []string, error) {
 			i++
 		}
 		if i == len(s) || s[i] != '=' {
-			return "", nil, secrets, fmt.Errorf("warmpg: malformed DSN: key %q has no \"=value\" (want key=value pairs separated by spaces, or a postgres:// URL)", key)
+			// A stray word may be a password that lost its key: name it
+			// only when it is a keyword that can hold no secret.
+			what := fmt.Sprintf("word %d", len(kept)+len(pool)+1)
+			if strings.HasPrefix(key, "pool_") || plainKeywords[key] {
+				what = fmt.Sprintf("key %q", key)
+			}
+			return "", nil, secrets, fmt.Errorf("warmpg: malformed DSN: %s has no \"=value\" (want key=value pairs separated by spaces, or a postgres:// URL)", what)
 		}
 		if key == "" {
 			return "", nil, secrets, errors.New("warmpg: malformed DSN: \"=\" with no key before it")

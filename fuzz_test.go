@@ -1,6 +1,7 @@
 package warmpg
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,11 +43,16 @@ func FuzzParseDSN(f *testing.F) {
 		environ = func() []string { return nil }
 		defer func() { environ = old }()
 
-		inner, pool, _, splitErr := splitDSN(dsn)
+		inner, pool, secrets, splitErr := splitDSN(dsn)
 		c, err := OpenConnector(dsn, WithWarmTimeout(time.Second))
 		if err != nil {
 			msg := err.Error()
-			if strings.Contains(dsn, fuzzSecret) && strings.Contains(msg, fuzzSecret) {
+			// The secret must not show where it is a password, nor in
+			// warmpg's own complaints about a malformed DSN (a stray word
+			// may be a password that lost its key). Elsewhere — a host
+			// name, say — it is no secret.
+			hidden := slices.Contains(secrets, fuzzSecret) || strings.HasPrefix(msg, "warmpg: malformed DSN")
+			if hidden && strings.Contains(msg, fuzzSecret) {
 				t.Fatalf("error shows the password: %v", err)
 			}
 			if splitErr == nil {

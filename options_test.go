@@ -280,6 +280,8 @@ func TestErrorsNeverShowPassword(t *testing.T) {
 		"host=h password=" + secret + " pool_backend=pq sslmode=bogus",
 		"host=h password='" + secret + " unterminated",
 		"host=h password",
+		"host=h password=x " + secret + " dbname=d", // a password that lost its key: a stray word
+		secret,
 		"postgres://app:" + secret + "@h/db?pool_max_conns=%zz",
 		"postgres://app@h/db?password=" + secret + "%zz",
 	}
