@@ -11,8 +11,13 @@ all: test
 setup:
 	bash scripts/setup.sh
 
+# cmd/warmpg is its own module (its charting library stays out of the
+# library's go.mod): ./... does not reach it, so each target names it too.
+CMD_MODULE := cmd/warmpg
+
 vet:
 	$(GO) vet ./...
+	$(GO) -C $(CMD_MODULE) vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -22,18 +27,41 @@ fmt-check:
 # detector against real servers.
 test: setup vet fmt-check fuzz
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+	$(GO) -C $(CMD_MODULE) test -race -count=1 -timeout 10m $(TESTFLAGS) ./...
 
 # The DSN/option parser under go's fuzzer; FUZZTIME=5m for a longer run.
 FUZZTIME ?= 15s
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseDSN -fuzztime $(FUZZTIME) .
 
-# The main job on a throwaway local server: warming N connections one at a
-# time vs. with WarmDB at an injected round-trip time.
-demo: setup
-	$(GO) run ./cmd/warmpg demo
+# The command, built from its own module into bin/ (git ignores it).
+.PHONY: bin/warmpg bench-go
+bin/warmpg:
+	$(GO) -C $(CMD_MODULE) build -o $(CURDIR)/bin/warmpg .
 
-# The benchmarks behind the README's numbers (ratios against the peers in
-# one run). Not part of `make test`: they take minutes.
-bench: setup
+# On a throwaway local server at 5 ms injected round-trip time: cold vs
+# warmed pool, reset modes, read-only transactions (about 30 s).
+# DEMOFLAGS=-h lists the knobs.
+DEMOFLAGS ?=
+demo: setup bin/warmpg
+	./bin/warmpg demo $(DEMOFLAGS)
+
+# warmpg's reset modes vs pgx, lib/pq and pgxpool, and warm-up times, in one
+# interleaved run (about 70 s); BENCHMARKS.md shows one. Not part of
+# `make test`. BENCHFLAGS="--svg docs/bench.svg" redraws the chart.
+BENCHFLAGS ?=
+bench: setup bin/warmpg
+	./bin/warmpg bench $(BENCHFLAGS)
+
+# The go test benchmarks behind the README's numbers.
+bench-go: setup
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m .
+
+# A seeded, random sequence of faults (restarts, stops, terminated backends,
+# SIGSTOP, a black hole, exhausted connection slots) under steady load, for
+# 150 s against a throwaway cluster; prints the tables of RELIABILITY.md.
+# Not part of `make test`. Replay a run: go test -race -run TestSoak -v
+# -timeout 10m . -args -warmpg.soak=150s -warmpg.soak.seed=N
+.PHONY: soak
+soak: setup
+	$(GO) test -race -count=1 -run TestSoak -v -timeout 10m . -args -warmpg.soak=150s

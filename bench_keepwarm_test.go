@@ -15,6 +15,7 @@ import (
 	"github.com/warmpg/warmpg"
 	"github.com/warmpg/warmpg/internal/pgproxy"
 	"github.com/warmpg/warmpg/internal/pgtest"
+	"github.com/warmpg/warmpg/internal/warmbench"
 )
 
 var discardLog = slog.New(slog.DiscardHandler)
@@ -33,32 +34,6 @@ func realisticURL(tb testing.TB, srv *pgtest.Server, rtt time.Duration, app stri
 	tb.Cleanup(func() { p.Close() })
 	pw := srv.WithPasswordUser(tb)
 	return strings.Replace(pw.URL("application_name="+app, "sslmode=prefer"), srv.Addr(), p.Addr(), 1), p
-}
-
-// burstLatencies fires n queries at once on db and returns each one's
-// latency, sorted.
-func burstLatencies(ctx context.Context, db *sql.DB, n int) ([]time.Duration, error) {
-	lat := make([]time.Duration, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var x int
-			errs[i] = db.QueryRowContext(ctx, "select 1").Scan(&x)
-			lat[i] = time.Since(start)
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
-	}
-	slices.Sort(lat)
-	return lat, nil
 }
 
 func pct(sorted []time.Duration, p float64) time.Duration {
@@ -91,24 +66,12 @@ func BenchmarkFirstBurst(b *testing.B) {
 		b.Run(fmt.Sprintf("start=%s", start), func(b *testing.B) {
 			app := fmt.Sprintf("warmpg_bench_first_%d", start.Milliseconds())
 			dsn, _ := realisticURL(b, srv, 5*time.Millisecond, app)
-			variants := map[string]string{
-				"lazy":    dsn,
-				"prewarm": dsn + fmt.Sprintf("&pool_prewarm=true&pool_max_conns=%d", n),
-			}
 			first := map[string][]time.Duration{}
 			p99 := map[string][]time.Duration{}
 			for i := 0; i < b.N; i++ {
-				for _, v := range rotate([]string{"lazy", "prewarm"}, i) {
+				for _, v := range warmbench.Rotate([]string{"lazy", "prewarm"}, i) {
 					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-					db, err := sql.Open("warmpg", variants[v])
-					if err != nil {
-						b.Fatal(err)
-					}
-					db.SetMaxOpenConns(n)
-					db.SetMaxIdleConns(n)
-					time.Sleep(start)
-					lat, err := burstLatencies(ctx, db, n)
-					db.Close()
+					lat, err := warmbench.FirstBurst(ctx, dsn, n, start, v == "prewarm")
 					if err == nil {
 						_, err = srv.WaitBackendCount(ctx, app, 0)
 					}
@@ -121,24 +84,13 @@ func BenchmarkFirstBurst(b *testing.B) {
 				}
 			}
 			for _, v := range []string{"lazy", "prewarm"} {
-				b.ReportMetric(ms(median(first[v])), v+"-first-ms")
-				b.ReportMetric(ms(median(p99[v])), v+"-p99-ms")
+				b.ReportMetric(ms(warmbench.Median(first[v])), v+"-first-ms")
+				b.ReportMetric(ms(warmbench.Median(p99[v])), v+"-p99-ms")
 			}
-			b.ReportMetric(ms(median(first["lazy"]))/ms(median(first["prewarm"])), "lazy/prewarm-first")
-			b.ReportMetric(ms(median(p99["lazy"]))/ms(median(p99["prewarm"])), "lazy/prewarm-p99")
+			b.ReportMetric(ms(warmbench.Median(first["lazy"]))/ms(warmbench.Median(first["prewarm"])), "lazy/prewarm-first")
+			b.ReportMetric(ms(warmbench.Median(p99["lazy"]))/ms(warmbench.Median(p99["prewarm"])), "lazy/prewarm-p99")
 		})
 	}
-}
-
-func rotate(s []string, i int) []string {
-	i %= len(s)
-	return append(slices.Clone(s[i:]), s[:i]...)
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 // churnVariant is one pool under BenchmarkChurn.
@@ -296,12 +248,7 @@ func TestKeepWarmBenchVariantsWork(t *testing.T) {
 			t.Errorf("%s: %d failed of %d", name, r.failed, len(r.lat))
 		}
 	}
-	db, err := sql.Open("warmpg", dsn+"&pool_prewarm=true&pool_max_conns=8")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	lat, err := burstLatencies(ctxT(t, 30*time.Second), db, 8)
+	lat, err := warmbench.FirstBurst(ctxT(t, 30*time.Second), dsn, 8, 0, true)
 	if err != nil || len(lat) != 8 {
 		t.Fatal(err)
 	}
