@@ -14,24 +14,14 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
-	"go.uber.org/goleak"
 
 	"github.com/warmpg/warmpg"
 	"github.com/warmpg/warmpg/internal/pgproxy"
 	"github.com/warmpg/warmpg/internal/pgtest"
 )
 
-func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
-	if code == 0 {
-		// Every DB the tests opened is closed: no goroutine may outlive it.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// pgtest.Main also checks with goleak that no goroutine outlives the tests.
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 var appSeq atomic.Int64
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +13,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/warmpg/warmpg/internal/pgtest"
 )
@@ -28,16 +25,8 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	code := pgtest.Main(m)
-	if code == 0 {
-		// Every connection, proxy and server the tests used is closed: no
-		// goroutine may outlive them.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	// pgtest.Main also checks with goleak that no goroutine outlives the tests.
+	os.Exit(pgtest.Main(m))
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {

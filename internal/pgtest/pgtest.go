@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
 )
 
 // Environment variables read by this package.
@@ -484,14 +485,23 @@ func unavailable(t testing.TB, err error) {
 
 // Main runs the tests for TestMain, then stops and deletes every server
 // this package started and that is still running (the shared server, and
-// any StartLocal server a test forgot to Close, which it reports). It
-// returns the exit code for os.Exit: m.Run's, or 1 if cleaning up failed.
+// any StartLocal server a test forgot to Close, which it reports), then,
+// when the tests passed, checks with goleak that no goroutine outlives them
+// (every DB, connection and proxy the tests opened is closed by then). It
+// returns the exit code for os.Exit: m.Run's, or 1 if cleaning up failed or
+// a goroutine leaked.
 func Main(m *testing.M) int {
 	mainActive.Store(true)
 	code := m.Run()
 	if err := closeAll(); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: cleaning up: %v\n", err)
 		if code == 0 {
+			code = 1
+		}
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
 			code = 1
 		}
 	}

@@ -20,18 +20,8 @@ import (
 	"github.com/warmpg/warmpg/internal/pgtest"
 )
 
-func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
-	if code == 0 {
-		// Every connection and server the tests used is closed: no
-		// goroutine may outlive them.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// pgtest.Main also checks with goleak that no goroutine outlives the tests.
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	t.Helper()
