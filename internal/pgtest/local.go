@@ -207,21 +207,16 @@ func (c *cluster) start(ctx context.Context) error {
 }
 
 func (c *cluster) stop(ctx context.Context, mode string) error {
-	mode, err := checkMode(mode)
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.resume()
-	out, err := c.run(ctx, c.pgctl, "stop", "-D", c.dataDir, "-m", mode, "-w", "-t", c.pgctlTimeout())
-	if err != nil {
-		return c.failure("pg_ctl stop -m "+mode, out, err)
-	}
-	return nil
+	return c.pgctlMode(ctx, "stop", mode)
 }
 
 func (c *cluster) restart(ctx context.Context, mode string) error {
+	return c.pgctlMode(ctx, "restart", mode, "-l", c.logPath)
+}
+
+// pgctlMode runs pg_ctl stop or restart with a shutdown mode, resuming a
+// SIGSTOPped server first so that it can shut down.
+func (c *cluster) pgctlMode(ctx context.Context, action, mode string, extra ...string) error {
 	mode, err := checkMode(mode)
 	if err != nil {
 		return err
@@ -229,9 +224,11 @@ func (c *cluster) restart(ctx context.Context, mode string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.resume()
-	out, err := c.run(ctx, c.pgctl, "restart", "-D", c.dataDir, "-l", c.logPath, "-m", mode, "-w", "-t", c.pgctlTimeout())
+	args := append([]string{action, "-D", c.dataDir}, extra...)
+	args = append(args, "-m", mode, "-w", "-t", c.pgctlTimeout())
+	out, err := c.run(ctx, c.pgctl, args...)
 	if err != nil {
-		return c.failure("pg_ctl restart -m "+mode, out, err)
+		return c.failure("pg_ctl "+action+" -m "+mode, out, err)
 	}
 	return nil
 }
