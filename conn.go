@@ -43,7 +43,9 @@ var (
 )
 
 // conn wraps an inner driver.Conn. database/sql uses a connection from one
-// goroutine at a time, so its fields need no lock.
+// goroutine at a time, so its fields need no lock — but for the watchdog's:
+// database/sql may close rows from a goroutine of its own, and the watchdog
+// fires on another.
 type conn struct {
 	inner driver.Conn
 	c     *Connector
