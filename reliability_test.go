@@ -370,10 +370,11 @@ func faultFailures(ops []faultOp) (failed int, first error) {
 	return failed, first
 }
 
-// faultLoad starts clients goroutines that each run probes on db, each
-// within d, until stop is closed (at most maxOps each), logging every
-// one. It returns a function that waits for them.
-func faultLoad(ctx context.Context, db *sql.DB, clients, maxOps int, d time.Duration, stop <-chan struct{}, log *faultOpLog) (wait func()) {
+// faultClients starts clients goroutines that each run op (client c, its
+// i-th operation) until stop is closed or ctx is done, at most maxOps each,
+// pausing faultThink after a success and faultBackoff after a failure. It
+// returns a function that waits for them.
+func faultClients(ctx context.Context, clients, maxOps int, stop <-chan struct{}, op func(c, i int) error) (wait func()) {
 	var wg sync.WaitGroup
 	for c := range clients {
 		wg.Add(1)
@@ -387,13 +388,8 @@ func faultLoad(ctx context.Context, db *sql.DB, clients, maxOps int, d time.Dura
 					return
 				default:
 				}
-				qctx, cancel := context.WithTimeout(ctx, d)
-				start := time.Now()
-				err := faultProbe(qctx, db, c*maxOps+i, false)
-				cancel()
-				log.add(start, err)
 				pause := faultThink
-				if err != nil {
+				if op(c, i) != nil {
 					pause = faultBackoff
 				}
 				select {
@@ -405,6 +401,20 @@ func faultLoad(ctx context.Context, db *sql.DB, clients, maxOps int, d time.Dura
 		}()
 	}
 	return wg.Wait
+}
+
+// faultLoad starts clients goroutines that each run probes on db, each
+// within d, until stop is closed (at most maxOps each), logging every
+// one. It returns a function that waits for them.
+func faultLoad(ctx context.Context, db *sql.DB, clients, maxOps int, d time.Duration, stop <-chan struct{}, log *faultOpLog) (wait func()) {
+	return faultClients(ctx, clients, maxOps, stop, func(c, i int) error {
+		qctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		start := time.Now()
+		err := faultProbe(qctx, db, c*maxOps+i, false)
+		log.add(start, err)
+		return err
+	})
 }
 
 // ---------------------------------------------------------------------------
@@ -1318,38 +1328,15 @@ func faultCreateWritesTable(ctx context.Context, srv *pgtest.Server) error {
 // maxOps each), logging every attempt. Each attempt is one statement
 // whose RETURNING gives the server's sequence value for the row.
 func faultWriters(ctx context.Context, db *sql.DB, pool string, clients, maxOps int, d time.Duration, next *atomic.Int64, stop <-chan struct{}, log *faultWriteLog) (wait func()) {
-	var wg sync.WaitGroup
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range maxOps {
-				select {
-				case <-stop:
-					return
-				case <-ctx.Done():
-					return
-				default:
-				}
-				w := faultWrite{id: next.Add(1), pool: pool, start: time.Now()}
-				qctx, cancel := context.WithTimeout(ctx, d)
-				w.err = db.QueryRowContext(qctx, "insert into "+faultWritesTable+" (id, pool) values ($1, $2) returning seq", w.id, pool).Scan(&w.seq)
-				cancel()
-				w.end = time.Now()
-				log.add(w)
-				pause := faultThink
-				if w.err != nil {
-					pause = faultBackoff
-				}
-				select {
-				case <-stop:
-					return
-				case <-time.After(pause):
-				}
-			}
-		}()
-	}
-	return wg.Wait
+	return faultClients(ctx, clients, maxOps, stop, func(int, int) error {
+		w := faultWrite{id: next.Add(1), pool: pool, start: time.Now()}
+		qctx, cancel := context.WithTimeout(ctx, d)
+		w.err = db.QueryRowContext(qctx, "insert into "+faultWritesTable+" (id, pool) values ($1, $2) returning seq", w.id, pool).Scan(&w.seq)
+		cancel()
+		w.end = time.Now()
+		log.add(w)
+		return w.err
+	})
 }
 
 // faultWriteAudit is what the table holds compared with what the application saw.
