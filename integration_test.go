@@ -51,6 +51,18 @@ func ownCluster(t *testing.T, ctx context.Context) *pgtest.Server {
 	return srv
 }
 
+// killBackends terminates (pg_terminate_backend) the want backends named
+// app and waits until the server has reaped them.
+func killBackends(t *testing.T, ctx context.Context, srv *pgtest.Server, app string, want int) {
+	t.Helper()
+	if n, err := srv.TerminateBackends(ctx, app); err != nil || n != want {
+		t.Fatalf("terminated %d backends (%v), want %d", n, err, want)
+	}
+	if n, err := srv.WaitBackendCount(ctx, app, 0); err != nil {
+		t.Fatalf("%d backends still there: %v", n, err)
+	}
+}
+
 var backends = []warmpg.Backend{warmpg.BackendPgx, warmpg.BackendPQ}
 
 // Both backends, both DSN forms: pool_* keys are taken out (the server would

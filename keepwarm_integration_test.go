@@ -78,12 +78,7 @@ func TestIntegrationKeepWarmReplacesKilled(t *testing.T) {
 			if _, err := srv.WaitBackendCount(ctx, app, 4); err != nil {
 				t.Fatal("keep-warm did not open 4 ready connections:", err)
 			}
-			if n, err := srv.TerminateBackends(ctx, app); err != nil || n != 4 {
-				t.Fatalf("terminated %d: %v", n, err)
-			}
-			if _, err := srv.WaitBackendCount(ctx, app, 0); err != nil {
-				t.Fatal(err)
-			}
+			killBackends(t, ctx, srv, app, 4)
 			// Right away, before the filler's next look: the dead ones
 			// must be seen at hand-out and not given to database/sql.
 			if failed, errs := burstFailures(ctx, db, 4); failed != 0 {

@@ -369,12 +369,7 @@ func TestIntegrationTerminatedBackends(t *testing.T) {
 			if n, errs := burstFailures(ctx, db, 8); n != 0 {
 				t.Fatalf("%d failed: %v", n, errs)
 			}
-			if n, err := srv.TerminateBackends(ctx, app); err != nil || n != 8 {
-				t.Fatalf("terminated %d (%v), want 8", n, err)
-			}
-			if _, err := srv.WaitBackendCount(ctx, app, 0); err != nil {
-				t.Fatal(err)
-			}
+			killBackends(t, ctx, srv, app, 8)
 			if n, errs := burstFailures(ctx, db, 8); n != 0 {
 				t.Errorf("%d of 8 queries failed after pg_terminate_backend: %v", n, errors.Join(errs...))
 			}

@@ -253,12 +253,7 @@ func TestIntegrationTLS(t *testing.T) {
 			}
 		}},
 		{"terminate-backends", func(ctx context.Context, t *testing.T, app string) {
-			if n, err := srv.TerminateBackends(ctx, app); err != nil || n != 4 {
-				t.Fatalf("terminated %d backends (%v), want 4", n, err)
-			}
-			if n, err := srv.WaitBackendCount(ctx, app, 0); err != nil {
-				t.Fatalf("%d backends still there: %v", n, err)
-			}
+			killBackends(t, ctx, srv, app, 4)
 		}},
 	} {
 		t.Run(disrupt.name, func(t *testing.T) {
