@@ -485,7 +485,8 @@ func unavailable(t testing.TB, err error) {
 
 // Main runs the tests for TestMain, then stops and deletes every server
 // this package started and that is still running (the shared server, and
-// any StartLocal server a test forgot to Close, which it reports), then,
+// any StartLocal server a test forgot to Close, which it reports; likewise
+// any pgbouncer from StartPgBouncer, first), then,
 // when the tests passed, checks with goleak that no goroutine outlives them
 // (every DB, connection and proxy the tests opened is closed by then). It
 // returns the exit code for os.Exit: m.Run's, or 1 if cleaning up failed or
@@ -493,7 +494,7 @@ func unavailable(t testing.TB, err error) {
 func Main(m *testing.M) int {
 	mainActive.Store(true)
 	code := m.Run()
-	if err := closeAll(); err != nil {
+	if err := errors.Join(closeBouncers(), closeAll()); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: cleaning up: %v\n", err)
 		if code == 0 {
 			code = 1
