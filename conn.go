@@ -124,6 +124,9 @@ func Unwrap(driverConn any) any {
 
 func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	c.noteStatement(query)
+	if st := c.clientStmt(query); st != nil {
+		return st, nil
+	}
 	return c.inner.Prepare(query)
 }
 
@@ -183,6 +186,9 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 // does for a connection without ConnPrepareContext.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	c.noteStatement(query)
+	if st := c.clientStmt(query); st != nil {
+		return st, nil
+	}
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
 		defer c.watch(ctx)()
 		return p.PrepareContext(ctx, query)
@@ -273,3 +279,65 @@ type autocommitTx struct{}
 
 func (autocommitTx) Commit() error   { return nil }
 func (autocommitTx) Rollback() error { return nil }
+
+// clientStmt returns, on a pool_pgbouncer pool, a statement that is not
+// prepared on the server: each execution sends the query with its
+// arguments (pgx's exec mode, lib/pq's binary_parameters: one round trip on
+// the unnamed statement), since a transaction-mode pooler may run the next
+// execution on a server connection that never saw a named PREPARE. It
+// returns nil — prepare on the server — otherwise, or when the inner
+// connection cannot run a query with arguments directly.
+func (c *conn) clientStmt(query string) driver.Stmt {
+	if !c.c.cfg.pgbouncer {
+		return nil
+	}
+	_, canExec := c.inner.(driver.ExecerContext)
+	_, canQuery := c.inner.(driver.QueryerContext)
+	if !canExec || !canQuery {
+		return nil
+	}
+	return &clientStmt{c: c, query: query}
+}
+
+var (
+	_ driver.Stmt             = (*clientStmt)(nil)
+	_ driver.StmtExecContext  = (*clientStmt)(nil)
+	_ driver.StmtQueryContext = (*clientStmt)(nil)
+)
+
+// clientStmt is a prepared statement kept in the client (see clientStmt).
+// Arguments are converted by the connection's NamedValueChecker, as for
+// queries that are not prepared; the server checks their number.
+type clientStmt struct {
+	c     *conn
+	query string
+}
+
+func (s *clientStmt) Close() error { return nil }
+
+// NumInput returns -1: the server, not database/sql, counts the arguments.
+func (s *clientStmt) NumInput() int { return -1 }
+
+func (s *clientStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	return s.c.ExecContext(ctx, s.query, args)
+}
+
+func (s *clientStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	return s.c.QueryContext(ctx, s.query, args)
+}
+
+func (s *clientStmt) Exec(args []driver.Value) (driver.Result, error) {
+	return s.ExecContext(context.Background(), valuesToNamed(args))
+}
+
+func (s *clientStmt) Query(args []driver.Value) (driver.Rows, error) {
+	return s.QueryContext(context.Background(), valuesToNamed(args))
+}
+
+func valuesToNamed(args []driver.Value) []driver.NamedValue {
+	named := make([]driver.NamedValue, len(args))
+	for i, v := range args {
+		named[i] = driver.NamedValue{Ordinal: i + 1, Value: v}
+	}
+	return named
+}

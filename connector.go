@@ -111,6 +111,13 @@ func backendConnector(cfg *config, dsn string) (driver.Connector, error) {
 			}
 			pcfg.Runtime["default_transaction_read_only"] = "on"
 		}
+		if cfg.pgbouncer {
+			// Parse, bind and execute on the unnamed statement in one
+			// round trip, which a transaction-mode pooler keeps on one
+			// server connection; without it lib/pq syncs between parse
+			// and bind, and the pooler may switch servers in between.
+			pcfg.BinaryParameters = true
+		}
 		pc, err := pq.NewConnectorConfig(pcfg)
 		if err != nil {
 			return nil, err
@@ -126,6 +133,12 @@ func backendConnector(cfg *config, dsn string) (driver.Connector, error) {
 		}
 		if cfg.readOnly {
 			pc.RuntimeParams["default_transaction_read_only"] = "on"
+		}
+		if cfg.pgbouncer && pc.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
+			// cache_statement prepares named statements on whichever server
+			// connection the pooler lends; exec uses the unnamed one and
+			// still takes one round trip.
+			pc.DefaultQueryExecMode = pgx.QueryExecModeExec
 		}
 		// pgx's stdlib pings on the first reuse of every connection and after
 		// each second of idleness. warmpg's ResetSession decides instead.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"syscall"
@@ -33,6 +35,9 @@ type ready struct {
 	retryAt     time.Time
 	closed      bool
 
+	prewarmTotal int       // pool_prewarm's count, for its log events
+	started      time.Time // when the filler started
+
 	wake chan struct{} // buffered 1: something changed, reconcile
 	// changed is closed and replaced whenever a dial ends, to wake the
 	// Connects waiting for one (await); waiters counts them.
@@ -47,6 +52,28 @@ type readyConn struct {
 	w     driver.Conn // the wrapped connection
 	base  *conn
 	since time.Time // ready since
+}
+
+// unfit reports whether a ready connection must be dropped: its lifetime
+// passed, or the server closed it or sent something unasked (a ready
+// connection has never been used: nothing it says can be expected). It
+// logs why.
+func (rc *readyConn) unfit(now time.Time) bool {
+	var why error
+	if rc.base.expired(now) {
+		why = errExpired
+	} else {
+		switch rc.base.peek() {
+		case peekEmpty:
+			return false
+		case peekClosed:
+			why = errBadConn("server closed the connection", nil)
+		default:
+			why = errBadConn("server sent data unasked", nil)
+		}
+	}
+	rc.base.c.cfg.logDiscard("ready store", why)
+	return true
 }
 
 const (
@@ -69,7 +96,8 @@ func (c *Connector) startReady(prewarm bool) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &ready{c: c, prewarmOwed: owed, live: map[*conn]struct{}{}, wake: make(chan struct{}, 1),
+	r := &ready{c: c, prewarmOwed: owed, prewarmTotal: owed, started: time.Now(),
+		live: map[*conn]struct{}{}, wake: make(chan struct{}, 1),
 		changed: make(chan struct{}), ctx: ctx, cancel: cancel}
 	c.ready = r
 	r.reconcile() // start the first dials now, so a Connect right away can await them
@@ -116,7 +144,7 @@ func (r *ready) reconcile() time.Duration {
 	for i, rc := range r.conns {
 		// Idle trimming keeps the newest pool_min_idle_conns.
 		idleTooLong := cfg.maxConnIdleTime > 0 && now.Sub(rc.since) > cfg.maxConnIdleTime && len(r.conns)-i > cfg.minIdleConns
-		if idleTooLong || rc.base.expired(now) || rc.base.peek() != peekEmpty {
+		if idleTooLong || rc.unfit(now) {
 			drop = append(drop, rc)
 			continue
 		}
@@ -190,7 +218,7 @@ func (r *ready) dial() {
 		failures := r.failures
 		r.mu.Unlock()
 		if stepped && (failures == 1 || failures%10 == 0) {
-			r.c.cfg.log().Warn("warmpg: background connect failed; backing off", "failures", failures, "error", redact(err, r.c.cfg.secrets))
+			r.c.cfg.logEvent(slog.LevelWarn, "warmpg: background connect failed; backing off", "failures", failures, "error", redact(err, r.c.cfg.secrets))
 		}
 		r.poke()
 		return
@@ -198,6 +226,7 @@ func (r *ready) dial() {
 	r.failures = 0
 	if r.prewarmOwed > 0 {
 		r.prewarmOwed--
+		r.logPrewarm()
 	}
 	closed := r.closed
 	if !closed {
@@ -208,6 +237,28 @@ func (r *ready) dial() {
 		w.Close()
 	}
 	r.poke()
+}
+
+// logPrewarm logs the background prewarm's progress after a connection
+// opened (r.mu held): each tenth at Debug, the end at Info.
+func (r *ready) logPrewarm() {
+	done := r.prewarmTotal - r.prewarmOwed
+	cfg := &r.c.cfg
+	elapsed := time.Since(r.started)
+	switch {
+	case r.prewarmOwed == 0:
+		cfg.logEvent(slog.LevelInfo, fmt.Sprintf("warmpg: prewarmed %d/%d in %s", done, r.prewarmTotal, elapsed.Round(time.Microsecond)),
+			"warmed", done, "requested", r.prewarmTotal, "elapsed", elapsed)
+	case progressStep(done, r.prewarmTotal):
+		cfg.logEvent(slog.LevelDebug, "warmpg: prewarming", "warmed", done, "requested", r.prewarmTotal, "elapsed", elapsed)
+	}
+}
+
+// progressStep reports whether done of total is the first count at or past
+// a tenth of total (so a progress event comes about ten times per warm).
+func progressStep(done, total int) bool {
+	step := max(total/10, 1)
+	return done%step == 0
 }
 
 // take hands out the oldest healthy ready connection, or nil. With
@@ -222,7 +273,7 @@ func (r *ready) take() driver.Conn {
 		rc := r.conns[0]
 		r.conns[0] = nil // let the array drop it
 		r.conns = r.conns[1:]
-		if rc.base.expired(now) || rc.base.peek() != peekEmpty {
+		if rc.unfit(now) {
 			drop = append(drop, rc)
 			continue
 		}
@@ -346,6 +397,7 @@ func (c *Connector) dial(ctx context.Context) (driver.Conn, error) {
 		if time.Now().Add(sleep).After(deadline) {
 			return nil, err
 		}
+		c.cfg.logEvent(slog.LevelDebug, "warmpg: connect failed; retrying", "error", redact(err, c.cfg.secrets), "wait", sleep)
 		t := time.NewTimer(sleep)
 		select {
 		case <-ctx.Done():

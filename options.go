@@ -1,9 +1,11 @@
 package warmpg
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -82,8 +84,10 @@ type config struct {
 	connectRetry    time.Duration
 	warmParallelism int // 0: DefaultWarmParallelism
 	warmTimeout     time.Duration
+	pgbouncer       bool
 	logger          *slog.Logger
-	set             uint32 // which params were set explicitly (DSN, env or option)
+	logLevel        slog.Level // events below it are not logged; LogOff: none
+	set             uint32     // which params were set explicitly (DSN, env or option)
 	errs            []error
 	secrets         []string // values never to show in an error (passwords)
 }
@@ -137,6 +141,20 @@ func (c *config) log() *slog.Logger {
 	return slog.Default()
 }
 
+// logs reports whether an event at level l is logged: at or above
+// pool_log_level and enabled by the logger's handler. Callers check it
+// before building an event's attributes.
+func (c *config) logs(l slog.Level) bool {
+	return l >= c.logLevel && c.logLevel < LogOff && c.log().Enabled(context.Background(), l)
+}
+
+// logEvent logs msg at level l with attrs if logs(l).
+func (c *config) logEvent(l slog.Level, msg string, attrs ...any) {
+	if c.logs(l) {
+		c.log().Log(context.Background(), l, msg, attrs...)
+	}
+}
+
 // validate checks the relations between settings; single values were checked
 // when they were parsed.
 func (c *config) validate() error {
@@ -174,6 +192,8 @@ const (
 	bitMinIdleConns
 	bitLifetimeJitter
 	bitConnectRetry
+	bitPgBouncer
+	bitLogLevel
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -213,6 +233,38 @@ var params = []param{
 	{"pool_connect_retry_timeout", bitConnectRetry, durationParser(func(c *config) *time.Duration { return &c.connectRetry }, false)},
 	{"pool_warm_parallelism", bitWarmParallelism, intParser(func(c *config) *int { return &c.warmParallelism }, 1, MaxWarmParallelism)},
 	{"pool_warm_timeout", bitWarmTimeout, durationParser(func(c *config) *time.Duration { return &c.warmTimeout }, true)},
+	{"pool_pgbouncer", bitPgBouncer, boolParser(func(c *config) *bool { return &c.pgbouncer })},
+	{"pool_log_level", bitLogLevel, func(c *config, v string) error {
+		l, err := ParseLogLevel(v)
+		if err != nil {
+			return errors.New(logLevelWant)
+		}
+		c.logLevel = l
+		return nil
+	}},
+}
+
+// LogOff is the pool_log_level that logs nothing (WithLogLevel(LogOff)).
+const LogOff slog.Level = math.MaxInt32
+
+const logLevelWant = "want debug, info, warn, error or off"
+
+// ParseLogLevel returns the level pool_log_level=s names: debug, info,
+// warn, error or off (LogOff).
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	case "off", "none":
+		return LogOff, nil
+	}
+	return 0, fmt.Errorf("unknown log level %q (%s)", s, logLevelWant)
 }
 
 // maxDuration bounds every duration setting: ten years is already "forever".
@@ -487,7 +539,29 @@ func WithWarmTimeout(d time.Duration) Option {
 	return durationOption("pool_warm_timeout", bitWarmTimeout, d, true, func(c *config) *time.Duration { return &c.warmTimeout })
 }
 
-// WithLogger sets where warmpg logs (default slog.Default()).
+// WithPgBouncer makes connections work through a pooler in transaction
+// mode, such as PgBouncer before 1.21, that cannot keep prepared statements
+// (pool_pgbouncer; default false): pgx runs queries with
+// default_query_exec_mode=exec (unless the DSN chose a mode other than
+// pgx's default cache_statement), lib/pq with binary_parameters=yes, both
+// one round trip on the unnamed statement; and Prepare (*sql.Stmt) keeps the
+// statement in the client, sending it with each execution, instead of
+// preparing it on a server connection the pooler may not give back.
+func WithPgBouncer(on bool) Option {
+	return func(c *config) { c.pgbouncer = on; c.set |= bitPgBouncer }
+}
+
+// WithLogger sets where warmpg logs (default slog.Default()). Every event's
+// message starts with "warmpg: "; see the README for the events and their
+// levels.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) { c.logger = l }
+}
+
+// WithLogLevel sets the least level warmpg logs at (pool_log_level; default
+// slog.LevelInfo): slog.LevelDebug adds warm progress and every reuse that
+// sent something; LogOff logs nothing. The logger's own handler filters
+// too.
+func WithLogLevel(l slog.Level) Option {
+	return func(c *config) { c.logLevel = l; c.set |= bitLogLevel }
 }

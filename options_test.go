@@ -2,6 +2,7 @@ package warmpg
 
 import (
 	"database/sql"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -104,7 +105,7 @@ func TestParseConfigEveryKey(t *testing.T) {
 	dsn := "postgres://h/db?pool_backend=pq&pool_max_conns=60&pool_max_idle_conns=50&pool_prewarm=yes" +
 		"&pool_reset=Rollback&pool_autocommit=1&pool_max_conn_lifetime=1h&pool_max_conn_idle_time=5m" +
 		"&pool_warm_parallelism=16&pool_warm_timeout=2s&pool_read_only=on&pool_max_conn_lifetime_jitter=10m" +
-		"&pool_min_idle_conns=4&pool_connect_retry_timeout=0"
+		"&pool_min_idle_conns=4&pool_connect_retry_timeout=0&pool_pgbouncer=true&pool_log_level=Debug"
 	cfg, inner, err := parseConfig(dsn, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +120,8 @@ func TestParseConfigEveryKey(t *testing.T) {
 		cfg.prewarm != want.prewarm || cfg.reset != want.reset || cfg.autocommit != want.autocommit ||
 		cfg.maxConnLifetime != want.maxConnLifetime || cfg.maxConnIdleTime != want.maxConnIdleTime ||
 		cfg.warmParallelism != want.warmParallelism || cfg.warmTimeout != want.warmTimeout || cfg.readOnly != want.readOnly ||
-		cfg.lifetimeJitter != want.lifetimeJitter || cfg.minIdleConns != want.minIdleConns || cfg.connectRetry != 0 {
+		cfg.lifetimeJitter != want.lifetimeJitter || cfg.minIdleConns != want.minIdleConns || cfg.connectRetry != 0 ||
+		!cfg.pgbouncer || cfg.logLevel != slog.LevelDebug {
 		t.Errorf("got %+v\nwant %+v", cfg, want)
 	}
 	// Every documented key is exercised above.
@@ -157,6 +159,8 @@ func TestParseConfigRejects(t *testing.T) {
 		{"postgres://h/db?pool_warm_timeout=0s", []string{"pool_warm_timeout", `"0s"`, "positive"}},
 		{"postgres://h/db?pool_warm_parallelism=0", []string{"pool_warm_parallelism", `"0"`, "1 to 1000"}},
 		{"postgres://h/db?pool_backend=mysql", []string{"pool_backend", `"mysql"`, "pgx or pq"}},
+		{"postgres://h/db?pool_pgbouncer=transaction", []string{"pool_pgbouncer", `"transaction"`, "true or false"}},
+		{"postgres://h/db?pool_log_level=verbose", []string{"pool_log_level", `"verbose"`, "debug, info, warn, error or off"}},
 		{"postgres://h/db?pool_max_conns=10&pool_max_idle_conns=20", []string{"pool_max_idle_conns=20", "pool_max_conns=10"}},
 		{"host=h pool_max_conns=x", []string{"pool_max_conns", `"x"`}},
 		{"host=h pool_nope=1", []string{`"pool_nope"`, "unknown"}},

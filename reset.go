@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"syscall"
@@ -46,10 +47,28 @@ var reportedParams = []string{
 
 // errBadConn wraps driver.ErrBadConn with why warmpg discarded a connection.
 func errBadConn(why string, cause error) error {
-	if cause != nil {
-		return fmt.Errorf("warmpg: %s: %w (%w)", why, driver.ErrBadConn, cause)
+	return &badConnError{why: why, cause: cause}
+}
+
+// badConnError is driver.ErrBadConn with why warmpg discarded a connection
+// and, if an operation failed, its error.
+type badConnError struct {
+	why   string
+	cause error
+}
+
+func (e *badConnError) Error() string {
+	if e.cause != nil {
+		return fmt.Sprintf("warmpg: %s: %v (%v)", e.why, driver.ErrBadConn, e.cause)
 	}
-	return fmt.Errorf("warmpg: %s: %w", why, driver.ErrBadConn)
+	return fmt.Sprintf("warmpg: %s: %v", e.why, driver.ErrBadConn)
+}
+
+func (e *badConnError) Unwrap() []error {
+	if e.cause != nil {
+		return []error{driver.ErrBadConn, e.cause}
+	}
+	return []error{driver.ErrBadConn}
 }
 
 // ResetSession runs before database/sql hands out a connection that was used
@@ -76,9 +95,43 @@ func (c *conn) ResetSession(ctx context.Context) error {
 	}
 	if err != nil {
 		out = outDiscarded
+		c.c.cfg.logDiscard("reuse", err)
 	}
 	c.c.stats.count(out)
 	return err
+}
+
+// errExpired refuses a connection whose own lifetime has passed.
+var errExpired = errBadConn("connection lifetime (pool_max_conn_lifetime) passed", nil)
+
+// logDiscard logs that a connection was discarded (where: "reuse",
+// "return to pool", "ready store") and why: at Debug when that is routine
+// (its lifetime ended), else at Info.
+func (cfg *config) logDiscard(where string, why error) {
+	l := slog.LevelInfo
+	if why == errExpired {
+		l = slog.LevelDebug
+	}
+	if !cfg.logs(l) {
+		return
+	}
+	attrs := []any{"at", where, "reason", why.Error()}
+	var bc *badConnError
+	if errors.As(why, &bc) {
+		attrs[3] = bc.why
+		if bc.cause != nil {
+			attrs = append(attrs, "error", bc.cause.Error())
+		}
+	}
+	cfg.log().Log(context.Background(), l, "warmpg: discarded connection", attrs...)
+}
+
+// logEscalation logs, at Debug, a check-mode reuse that had to send
+// something, and why.
+func (cfg *config) logEscalation(out outcome, why string) {
+	if cfg.logs(slog.LevelDebug) {
+		cfg.log().Debug("warmpg: reuse escalated", "outcome", out.String(), "reason", why)
+	}
 }
 
 // outcome is what one reuse cost, the most expensive step counting.
@@ -92,6 +145,20 @@ const (
 	outDiscarded
 )
 
+func (o outcome) String() string {
+	switch o {
+	case outClean:
+		return "clean"
+	case outPinged:
+		return "pinged"
+	case outRolledBack:
+		return "rolled_back"
+	case outReset:
+		return "reset"
+	}
+	return "discarded"
+}
+
 func (c *conn) reset(ctx context.Context) (outcome, error) {
 	c.disarm()
 	if c.innerClosed() {
@@ -101,7 +168,7 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 		return outDiscarded, errBadConn("a statement's context ended while it ran", nil)
 	}
 	if c.expiredNow() {
-		return outDiscarded, errBadConn("connection lifetime (pool_max_conn_lifetime) passed", nil)
+		return outDiscarded, errExpired
 	}
 	switch c.c.cfg.reset {
 	case ResetNone:
@@ -152,7 +219,15 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 	switch c.peek() {
 	case peekClosed:
 		return outDiscarded, errBadConn("server closed the connection", nil)
-	case peekPending, peekUnknown:
+	case peekPending:
+		if c.pgx == nil {
+			// Only pgx says what it read (a setting the server changed,
+			// such as in_hot_standby at a promotion, or a notice): for any
+			// other driver the session may no longer be what it was.
+			return outDiscarded, errBadConn("server sent data unasked, which this driver does not report", nil)
+		}
+		fallthrough
+	case peekUnknown:
 		if err := c.innerPing(ctx); err != nil {
 			return outDiscarded, errBadConn("server sent data unasked and the ping that read it failed", err)
 		}
@@ -160,6 +235,7 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 			return outDiscarded, errBadConn("connection closed", nil)
 		}
 		out = outPinged
+		c.c.cfg.logEscalation(out, "server sent data unasked")
 	}
 	if c.maybeInTx() {
 		if err := c.exec(ctx, "ROLLBACK"); err != nil {
@@ -167,6 +243,7 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 		}
 		c.maybeTx = false
 		out = outRolledBack
+		c.c.cfg.logEscalation(out, "transaction left open")
 	}
 	if c.sessionChanged() {
 		if err := c.exec(ctx, discardSQL); err != nil {
@@ -177,6 +254,7 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 			return outDiscarded, errBadConn("session settings changed and could not be reset", nil)
 		}
 		out = outReset
+		c.c.cfg.logEscalation(out, "session settings changed")
 	}
 	return out, nil
 }
@@ -266,7 +344,17 @@ func (c *conn) exec(ctx context.Context, sql string) error {
 // IsValid runs when a connection goes back to the pool; it does no I/O.
 func (c *conn) IsValid() bool {
 	c.disarm()
-	if c.innerClosed() || c.expiredNow() || c.timedOut.Load() {
+	var why error
+	switch {
+	case c.innerClosed():
+		why = errBadConn("connection closed", nil)
+	case c.expiredNow():
+		why = errExpired
+	case c.timedOut.Load():
+		why = errBadConn("a statement's context ended while it ran", nil)
+	}
+	if why != nil {
+		c.c.cfg.logDiscard("return to pool", why)
 		return false
 	}
 	if v, ok := c.inner.(driver.Validator); ok {

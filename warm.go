@@ -80,10 +80,10 @@ func WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error)
 	if st.MaxOpenConnections > 0 && n > st.MaxOpenConnections {
 		return WarmReport{Requested: n}, fmt.Errorf("warmpg: WarmDB: cannot warm %d connections: the pool allows at most %d open (pool_max_conns / SetMaxOpenConns); lower pool_max_idle_conns or raise pool_max_conns", n, st.MaxOpenConnections)
 	}
-	rep, err := warm(ctx, db, n, cfg.parallelism(n), cfg.warmTimeout)
-	logWarm(cfg.log(), rep, err)
+	rep, err := warm(ctx, db, n, cfg.parallelism(n), cfg.warmTimeout, &cfg)
+	logWarm(&cfg, rep, err)
 	if closed := db.Stats().MaxIdleClosed - st.MaxIdleClosed; closed > 0 {
-		cfg.log().Warn("warmpg: database/sql closed warmed connections: its MaxIdleConns is below the warm count; set pool_max_idle_conns (or db.SetMaxIdleConns)",
+		cfg.logEvent(slog.LevelWarn, "warmpg: database/sql closed warmed connections: its MaxIdleConns is below the warm count; set pool_max_idle_conns (or db.SetMaxIdleConns)",
 			"closed", closed, "warmed", rep.Warmed)
 	}
 	return rep, err
@@ -91,7 +91,7 @@ func WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error)
 
 // warm holds n connections of db at once, dialling at most p at a time, then
 // returns them all to the pool.
-func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration) (WarmReport, error) {
+func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg *config) (WarmReport, error) {
 	rep := WarmReport{Requested: n, Parallelism: p}
 	start := time.Now()
 	if n == 0 {
@@ -119,12 +119,17 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration) (War
 		g.Go(func() error {
 			conn, err := db.Conn(ctx)
 			mu.Lock()
-			defer mu.Unlock()
 			if err != nil {
 				recordFailure(fails, &order, err)
+				mu.Unlock()
 				return nil
 			}
 			held = append(held, conn)
+			warmed := len(held)
+			mu.Unlock()
+			if progressStep(warmed, n) && warmed < n {
+				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", warmed, "requested", n, "elapsed", time.Since(start))
+			}
 			return nil
 		})
 	}
@@ -170,12 +175,12 @@ func recordFailure(fails map[string]*warmFailure, order *[]string, err error) {
 	*order = append(*order, msg)
 }
 
-func logWarm(l *slog.Logger, rep WarmReport, err error) {
+func logWarm(cfg *config, rep WarmReport, err error) {
 	msg := "warmpg: " + rep.String()
 	attrs := []any{"requested", rep.Requested, "warmed", rep.Warmed, "elapsed", rep.Elapsed, "parallelism", rep.Parallelism}
 	if err != nil {
-		l.Warn(msg, append(attrs, "failed", rep.Failed, "error", err)...)
+		cfg.logEvent(slog.LevelWarn, msg, append(attrs, "failed", rep.Failed, "error", err)...)
 		return
 	}
-	l.Info(msg, attrs...)
+	cfg.logEvent(slog.LevelInfo, msg, attrs...)
 }
