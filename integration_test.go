@@ -38,17 +38,10 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 }
 
 // ownCluster starts a private cluster for a test that stops or restarts
-// its server, closed when the test ends. Where no local cluster can be had,
-// the test skips, or fails under CI, as every test does.
+// its server, closed when the test ends (see pgtest.Own for when it skips).
 func ownCluster(t *testing.T, ctx context.Context) *pgtest.Server {
 	t.Helper()
-	srv, err := pgtest.StartLocal(ctx)
-	if err != nil {
-		pgtest.Get(t)
-		t.Fatalf("own cluster: %v", err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	return srv
+	return pgtest.Own(t, ctx)
 }
 
 // killBackends terminates (pg_terminate_backend) the want backends named

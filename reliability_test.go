@@ -76,15 +76,10 @@ var faultQuietLog = slog.New(slog.DiscardHandler)
 // and freeze; it is thawed and removed when the test ends.
 func faultCluster(t *testing.T, ctx context.Context, opts ...pgtest.Option) *pgtest.Server {
 	t.Helper()
-	srv, err := pgtest.StartLocal(ctx, opts...)
-	if err != nil {
-		pgtest.Get(t) // skips, or fails under CI, as every test does
-		t.Fatalf("own cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		faultThaw(srv) // a test that failed while the server was frozen
-		srv.Close()
-	})
+	srv := pgtest.Own(t, ctx, opts...)
+	// Cleanups run last first: thaw a server the test left frozen before
+	// pgtest.Own's cleanup stops it.
+	t.Cleanup(func() { faultThaw(srv) })
 	return srv
 }
 

@@ -23,19 +23,7 @@ import (
 // it skips or fails the test the way every test does when it has no server.
 func startTLSServer(t *testing.T, ctx context.Context) *pgtest.Server {
 	t.Helper()
-	srv, err := pgtest.StartLocal(ctx, pgtest.WithTLS())
-	if err != nil {
-		pgtest.Get(t) // skips (or fails under CI) the way every test does
-		if os.Getenv(pgtest.EnvCI) != "true" && strings.Contains(err.Error(), "no PostgreSQL server binaries") {
-			t.Skipf("a TLS test needs its own local cluster: %v", err)
-		}
-		t.Fatalf("own TLS cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Close(); err != nil {
-			t.Errorf("closing the TLS cluster: %v", err)
-		}
-	})
+	srv := pgtest.Own(t, ctx, pgtest.WithTLS())
 	if srv.CAFile() == "" || srv.WrongCAFile() == "" {
 		t.Fatal("pgtest.WithTLS gave a server without CA files")
 	}

@@ -1,0 +1,32 @@
+package pgtest
+
+import (
+	"context"
+	"os"
+	"testing"
+)
+
+// Own starts a private local cluster (StartLocal) for a test that stops,
+// restarts, freezes or reconfigures its server, and closes it when the test
+// ends. A server from WARMPG_TEST_DATABASE_URL or a container cannot be
+// used for that, so without local server binaries the test skips, saying
+// why — or fails under CI=true. Any other failure to start fails the test.
+func Own(t testing.TB, ctx context.Context, opts ...Option) *Server {
+	t.Helper()
+	if _, _, err := findBinaries(newConfig(opts).binDir); err != nil {
+		if os.Getenv(EnvCI) == "true" {
+			t.Fatalf("pgtest: this test needs a private local cluster (CI=true makes this fatal): %v", err)
+		}
+		t.Skipf("pgtest: this test stops, restarts or reconfigures its own server, which needs local PostgreSQL server binaries (a shared, env or container server will not do; skipping, CI=true would fail): %v", err)
+	}
+	srv, err := StartLocal(ctx, opts...)
+	if err != nil {
+		t.Fatalf("pgtest: own cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			t.Errorf("pgtest: closing the test's own cluster: %v", err)
+		}
+	})
+	return srv
+}
