@@ -1,0 +1,130 @@
+// Package extest holds what the examples' tests share: names unique to a
+// test, bounded contexts, and the harness's server for Example functions.
+// It is test support, not part of any recipe.
+package extest
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/warmpg/warmpg/internal/pgtest"
+)
+
+var seq atomic.Int64
+
+// Name returns prefix followed by a number unique in this test binary and
+// the test's name, lower case and safe as an SQL identifier or an
+// application_name: tests share one server, so what they create or count
+// must be theirs alone. It stays within PostgreSQL's 63-byte identifiers.
+func Name(t testing.TB, prefix string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(t.Name()) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	s := fmt.Sprintf("%s%d_%s", prefix, seq.Add(1), b.String())
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return s
+}
+
+// Ctx returns a context that ends after d or when the test ends.
+func Ctx(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Server returns the harness's shared server for an Example function, which
+// has no *testing.T to give pgtest.Get: the test binary's TestMain must be
+// pgtest.Main's, as for Get. When no server can be had it returns the reason;
+// the example then prints it and fails its Output check (an example cannot
+// skip).
+func Server() (*pgtest.Server, error) {
+	var tb exampleTB
+	srv := pgtest.Get(&tb)
+	if tb.msg != "" {
+		return nil, fmt.Errorf("%s", tb.msg)
+	}
+	if srv == nil {
+		return nil, fmt.Errorf("extest: pgtest.Get returned no server")
+	}
+	return srv, nil
+}
+
+// exampleTB is the testing.TB pgtest.Get needs, for Example functions. It
+// records a skip or a failure instead of ending the goroutine, so Get
+// returns (nil) and Server reports the reason. The embedded testing.TB is
+// nil: pgtest.Get calls only the methods below (a call to any other panics,
+// which says that this adapter needs one more).
+type exampleTB struct {
+	testing.TB
+	mu  sync.Mutex
+	msg string
+}
+
+func (tb *exampleTB) Helper()      {}
+func (tb *exampleTB) Name() string { return "Example" }
+
+func (tb *exampleTB) record(s string) {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	if tb.msg == "" {
+		tb.msg = s
+	}
+}
+
+func (tb *exampleTB) Fatal(args ...any)                 { tb.record(fmt.Sprint(args...)) }
+func (tb *exampleTB) Fatalf(format string, args ...any) { tb.record(fmt.Sprintf(format, args...)) }
+func (tb *exampleTB) Skip(args ...any)                  { tb.record(fmt.Sprint(args...)) }
+func (tb *exampleTB) Skipf(format string, args ...any)  { tb.record(fmt.Sprintf(format, args...)) }
+func (tb *exampleTB) Error(args ...any)                 { tb.record(fmt.Sprint(args...)) }
+func (tb *exampleTB) Errorf(format string, args ...any) { tb.record(fmt.Sprintf(format, args...)) }
+func (tb *exampleTB) Log(args ...any)                   {}
+func (tb *exampleTB) Logf(format string, args ...any)   {}
+
+// Schema creates a schema unique to the test on srv, drops it (and what the
+// test created in it) when the test ends, and returns the connection
+// parameter that makes it the search_path: "search_path=NAME", for
+// srv.URL or srv.KeyValue. The recipes' SQL then names its tables plainly,
+// as an application's does, and tests sharing the server do not collide.
+func Schema(t testing.TB, srv *pgtest.Server) string {
+	t.Helper()
+	name := Name(t, "s")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Exec(ctx, "create schema "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := srv.Exec(ctx, "drop schema "+name+" cascade"); err != nil {
+			t.Errorf("drop schema %s: %v", name, err)
+		}
+	})
+	return "search_path=" + name
+}
+
+// NewSchema is Schema for an Example function: it creates the schema name
+// on srv and returns the search_path parameter and a function that drops it.
+func NewSchema(ctx context.Context, srv *pgtest.Server, name string) (param string, drop func(), err error) {
+	name = fmt.Sprintf("%s_%d", name, seq.Add(1))
+	if err := srv.Exec(ctx, "drop schema if exists "+name+" cascade; create schema "+name); err != nil {
+		return "", nil, err
+	}
+	return "search_path=" + name, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = srv.Exec(ctx, "drop schema "+name+" cascade")
+	}, nil
+}

@@ -1,0 +1,154 @@
+package otelexample
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+
+	"github.com/XSAM/otelsql"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/warmpg/warmpg"
+)
+
+// Pool is an instrumented warmpg pool: the *sql.DB the application uses and
+// the warmpg connector under otelsql, kept for its Stats.
+type Pool struct {
+	*sql.DB
+	Connector *warmpg.Connector
+
+	regs []metric.Registration
+}
+
+// Config says where telemetry goes and how big the pool is.
+type Config struct {
+	TracerProvider trace.TracerProvider // nil: the global one
+	MeterProvider  metric.MeterProvider // nil: the global one
+	// Name labels the pool's metrics (db.namespace), e.g. "orders".
+	Name string
+	// Pool settings, given to both warmpg.OpenConnector and warmpg.WarmDB:
+	// WarmDB cannot read the DSN's pool_* sizes through otelsql.
+	Options []warmpg.Option
+}
+
+// Open opens dsn through warmpg, wraps the connector with otelsql, registers
+// database/sql's statistics and warmpg's counters with the meter provider,
+// and warms the pool. A partial warm-up keeps what opened.
+func Open(ctx context.Context, dsn string, cfg Config) (*Pool, warmpg.WarmReport, error) {
+	c, err := warmpg.OpenConnector(dsn, cfg.Options...)
+	if err != nil {
+		return nil, warmpg.WarmReport{}, err
+	}
+	attrs := []attribute.KeyValue{semconv.DBSystemNamePostgreSQL, semconv.DBNamespace(cfg.Name)}
+	var otelOpts []otelsql.Option
+	otelOpts = append(otelOpts, otelsql.WithAttributes(attrs...))
+	if cfg.TracerProvider != nil {
+		otelOpts = append(otelOpts, otelsql.WithTracerProvider(cfg.TracerProvider))
+	}
+	if cfg.MeterProvider != nil {
+		otelOpts = append(otelOpts, otelsql.WithMeterProvider(cfg.MeterProvider))
+	}
+	p := &Pool{DB: otelsql.OpenDB(c, otelOpts...), Connector: c}
+
+	statsReg, err := otelsql.RegisterDBStatsMetrics(p.DB, otelOpts...)
+	if err != nil {
+		p.Close()
+		return nil, warmpg.WarmReport{}, err
+	}
+	p.regs = append(p.regs, statsReg)
+	mp := cfg.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	countersReg, err := RegisterCounters(mp.Meter("github.com/warmpg/warmpg/examples/otel"), c.Stats, attrs...)
+	if err != nil {
+		p.Close()
+		return nil, warmpg.WarmReport{}, err
+	}
+	p.regs = append(p.regs, countersReg)
+
+	rep, err := warmpg.WarmDB(ctx, p.DB, cfg.Options...)
+	if err != nil && rep.Warmed == 0 {
+		p.Close()
+		return nil, rep, err
+	}
+	return p, rep, nil
+}
+
+// Close unregisters the pool's metrics and closes it (which closes the
+// connector: otelsql forwards io.Closer).
+func (p *Pool) Close() error {
+	var errs []error
+	for _, r := range p.regs {
+		errs = append(errs, r.Unregister())
+	}
+	p.regs = nil
+	errs = append(errs, p.DB.Close())
+	return errors.Join(errs...)
+}
+
+// RegisterCounters exports warmpg's counters, read from stats at each
+// collection, as observable counters on meter:
+//
+//	warmpg.connects                  {connection}   connections opened
+//	warmpg.connect_errors            {error}        connection attempts that failed
+//	warmpg.connections_from_ready    {connection}   handed out ready instead of dialled
+//	warmpg.reuses                    {reuse}        by warmpg.reuse.outcome: clean, pinged, rolled_back, reset, discarded
+//	warmpg.autocommit_transactions   {transaction}  transactions that sent no BEGIN
+func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ...attribute.KeyValue) (metric.Registration, error) {
+	counter := func(name, unit, desc string) (metric.Int64ObservableCounter, error) {
+		return meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	}
+	connects, err1 := counter("warmpg.connects", "{connection}", "Connections warmpg opened to the server.")
+	connectErrors, err2 := counter("warmpg.connect_errors", "{error}", "Connection attempts that failed.")
+	fromReady, err3 := counter("warmpg.connections_from_ready", "{connection}", "Connections handed out from the ready store instead of dialled.")
+	reuses, err4 := counter("warmpg.reuses", "{reuse}", "Reuses of a pooled connection, by what the reset cost.")
+	autocommit, err5 := counter("warmpg.autocommit_transactions", "{transaction}", "Transactions that sent no BEGIN or COMMIT.")
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+		return nil, err
+	}
+	base := metric.WithAttributes(attrs...)
+	outcome := func(o string) metric.ObserveOption {
+		return metric.WithAttributes(append(attrs[:len(attrs):len(attrs)], attribute.String("warmpg.reuse.outcome", o))...)
+	}
+	return meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := stats()
+		o.ObserveInt64(connects, s.Connects, base)
+		o.ObserveInt64(connectErrors, s.ConnectErrors, base)
+		o.ObserveInt64(fromReady, s.FromReady, base)
+		o.ObserveInt64(reuses, s.Clean, outcome("clean"))
+		o.ObserveInt64(reuses, s.Pinged, outcome("pinged"))
+		o.ObserveInt64(reuses, s.RolledBack, outcome("rolled_back"))
+		o.ObserveInt64(reuses, s.Reset, outcome("reset"))
+		o.ObserveInt64(reuses, s.Discarded, outcome("discarded"))
+		o.ObserveInt64(autocommit, s.AutocommitTxs, base)
+		return nil
+	}, connects, connectErrors, fromReady, reuses, autocommit)
+}
+
+// PgxConn returns the *pgx.Conn under a driver connection handed to
+// (*sql.Conn).Raw, peeling the wrappers on the way: otelsql's (and others
+// with a Raw() driver.Conn method) and warmpg's (warmpg.Unwrap). It
+// reports false when the connection is not pgx's (pool_backend=pq).
+func PgxConn(driverConn any) (*pgx.Conn, bool) {
+	for range 8 { // wrappers do not nest deeper than this
+		switch c := driverConn.(type) {
+		case *stdlib.Conn:
+			return c.Conn(), true
+		case interface{ Raw() driver.Conn }: // otelsql's
+			driverConn = c.Raw()
+		case interface{ Unwrap() driver.Conn }: // warmpg's
+			driverConn = warmpg.Unwrap(c)
+		default:
+			return nil, false
+		}
+	}
+	return nil, false
+}

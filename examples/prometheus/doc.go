@@ -1,0 +1,28 @@
+// Package promexample exports a warmpg pool's metrics to Prometheus
+// (github.com/prometheus/client_golang): database/sql's own pool statistics
+// through client_golang's collectors.NewDBStatsCollector (go_sql_*), and
+// warmpg's counters — what each connect and each reuse cost — through this
+// package's Collector (warmpg_*):
+//
+//	reg := prometheus.NewRegistry()
+//	if err := promexample.Register(reg, db, "orders"); err != nil { ... }
+//	http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+//
+// Exported, each with the constant label db_name:
+//
+//	warmpg_connects_total                    connections opened
+//	warmpg_connect_errors_total              connection attempts that failed
+//	warmpg_connections_from_ready_total      connections handed out ready (pool_prewarm, pool_min_idle_conns) instead of dialled
+//	warmpg_reuses_total{outcome="..."}       reuses of a pooled connection, by what the reset cost:
+//	                                         clean (nothing sent), pinged, rolled_back, reset, discarded
+//	warmpg_autocommit_transactions_total     transactions that sent no BEGIN (pool_autocommit)
+//
+// What to watch: outcome="discarded" counts connections found dead (a
+// server restart, a killed backend) and replaced before any query failed;
+// outcome="rolled_back" counts connections returned inside a transaction,
+// which usually means code that forgot a Commit or Rollback.
+//
+// Counters are read when Prometheus scrapes, from warmpg.Stats(db); for a
+// pool warmpg's Stats cannot see (a wrapper such as otelsql opened it),
+// build the collector from the connector: NewCollector("orders", connector.Stats).
+package promexample
