@@ -192,6 +192,9 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 		if err := c.exec(ctx, discardSQL); err != nil {
 			return outDiscarded, errBadConn("session reset before reuse failed", err)
 		}
+		if err := c.settle(ctx); err != nil {
+			return outDiscarded, err
+		}
 		return outReset, nil
 	}
 	return c.check(ctx)
@@ -250,8 +253,8 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 			return outDiscarded, errBadConn("session reset failed", err)
 		}
 		c.maybeSession = false
-		if c.sessionChanged() {
-			return outDiscarded, errBadConn("session settings changed and could not be reset", nil)
+		if err := c.settle(ctx); err != nil {
+			return outDiscarded, err
 		}
 		out = outReset
 		c.c.cfg.logEscalation(out, "session settings changed")
@@ -273,6 +276,55 @@ func (c *conn) sessionChanged() bool {
 		}
 	}
 	return false
+}
+
+// settle runs after discardSQL. RESET ALL returns each setting to the
+// session's default, which is what the connection started with — except
+// through a transaction-mode pooler, where the session is the pooler's
+// server connection: its defaults are not this client's (and the pooler
+// then records them as the client's own). So reported settings that still
+// differ from their values at connect are set back with set_config, one
+// round trip that only that case pays; if some still differ (the server
+// itself changed: a promoted standby's in_hot_standby, or a different
+// role), the connection is refused.
+func (c *conn) settle(ctx context.Context) error {
+	if !c.sessionChanged() {
+		return nil
+	}
+	if c.pgx != nil {
+		var q strings.Builder
+		var args [][]byte
+		pg := c.pgx.Conn().PgConn()
+		for i, k := range reportedParams {
+			if !restorable[k] || c.params[i] == "" || pg.ParameterStatus(k) == c.params[i] {
+				continue
+			}
+			if len(args) == 0 {
+				q.WriteString("select ")
+			} else {
+				q.WriteString(", ")
+			}
+			fmt.Fprintf(&q, "set_config($%d, $%d, false)", len(args)+1, len(args)+2)
+			args = append(args, []byte(k), []byte(c.params[i]))
+		}
+		if len(args) > 0 {
+			if _, err := pg.ExecParams(ctx, q.String(), args, nil, nil, nil).Close(); err != nil {
+				return errBadConn("restoring the connection's settings after a session reset failed", err)
+			}
+		}
+	}
+	if c.sessionChanged() {
+		return errBadConn("session settings changed and could not be reset", nil)
+	}
+	return nil
+}
+
+// restorable are the reportedParams settle may set back: plain settings.
+// Who the session is (session_authorization, is_superuser) and what the
+// server is (in_hot_standby) are not restored.
+var restorable = map[string]bool{
+	"default_transaction_read_only": true, "TimeZone": true, "DateStyle": true, "IntervalStyle": true,
+	"client_encoding": true, "application_name": true, "search_path": true,
 }
 
 // snapshotParams records the reported settings at connect.
