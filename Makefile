@@ -11,13 +11,16 @@ all: test
 setup:
 	bash scripts/setup.sh
 
-# cmd/warmpg is its own module (its charting library stays out of the
-# library's go.mod): ./... does not reach it, so each target names it too.
+# cmd/warmpg and examples are modules of their own (their charting, ORM and
+# metrics libraries stay out of the library's go.mod): ./... does not reach
+# them, so each target names them too.
 CMD_MODULE := cmd/warmpg
+EXAMPLES_MODULE := examples
 
 vet:
 	$(GO) vet ./...
 	$(GO) -C $(CMD_MODULE) vet ./...
+	$(GO) -C $(EXAMPLES_MODULE) vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -28,6 +31,7 @@ fmt-check:
 test: setup vet fmt-check fuzz
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 	$(GO) -C $(CMD_MODULE) test -race -count=1 -timeout 10m $(TESTFLAGS) ./...
+	$(GO) -C $(EXAMPLES_MODULE) test -race -count=1 -timeout 10m $(TESTFLAGS) ./...
 
 # The DSN/option parser under go's fuzzer; FUZZTIME=5m for a longer run.
 FUZZTIME ?= 15s

@@ -107,17 +107,25 @@ func baseConn(w driver.Conn) *conn {
 // returned.
 func (c *conn) Unwrap() driver.Conn { return c.inner }
 
-// Unwrap returns the inner driver connection of a warmpg connection, as
-// handed to the function given to (*sql.Conn).Raw, and returns anything else
-// unchanged:
+// Unwrap returns the driver connection under a warmpg connection, as handed
+// to the function given to (*sql.Conn).Raw, and under any wrappers around it
+// that say what they wrap with an Unwrap() driver.Conn or a Raw()
+// driver.Conn method (otelsql's); anything else comes back unchanged:
 //
 //	err := sqlConn.Raw(func(dc any) error {
 //		pgxConn := warmpg.Unwrap(dc).(*stdlib.Conn).Conn()
 //		...
 //	})
 func Unwrap(driverConn any) any {
-	if u, ok := driverConn.(interface{ Unwrap() driver.Conn }); ok {
-		return u.Unwrap()
+	for range 16 { // wrappers of wrappers; no loop forever on a cycle
+		switch u := driverConn.(type) {
+		case interface{ Unwrap() driver.Conn }:
+			driverConn = u.Unwrap()
+		case interface{ Raw() driver.Conn }:
+			driverConn = u.Raw()
+		default:
+			return driverConn
+		}
 	}
 	return driverConn
 }

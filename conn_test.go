@@ -105,7 +105,32 @@ func TestUnwrapThroughRaw(t *testing.T) {
 	if got := Unwrap("not a conn"); got != "not a conn" {
 		t.Errorf("Unwrap of a non-warmpg value must return it: %v", got)
 	}
+	// Through wrappers around warmpg's connection that say what they wrap
+	// (otelsql's Raw() driver.Conn), down to the inner one.
+	inner := &fakeConn{f: fc}
+	w := wrapConn(inner, c, nil)
+	if got := Unwrap(rawWrapper{rawWrapper{w}}); got != inner {
+		t.Errorf("Unwrap through two Raw() wrappers = %T, want the *fakeConn", got)
+	}
+	// A cycle of wrappers ends.
+	cyc := &cycleConn{}
+	cyc.next = cyc
+	if got := Unwrap(cyc); got != cyc {
+		t.Errorf("Unwrap of a cycle = %v", got)
+	}
 }
+
+// rawWrapper is a driver.Conn wrapper with otelsql's Raw method.
+type rawWrapper struct{ driver.Conn }
+
+func (r rawWrapper) Raw() driver.Conn { return r.Conn }
+
+type cycleConn struct {
+	driver.Conn
+	next *cycleConn
+}
+
+func (c *cycleConn) Unwrap() driver.Conn { return c.next }
 
 func TestConnectorCloseClosesInnerAndStopsConnect(t *testing.T) {
 	withEnv(t)

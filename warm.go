@@ -40,9 +40,11 @@ func (r WarmReport) String() string {
 // the environment and opts set (a limit set by hand on db stays unless one of
 // them overrides it), then warms pool_max_idle_conns connections.
 // On any other *sql.DB (lib/pq, plain pgx, go-sqlmock) the count must be given
-// with WithMaxIdleConns; WarmDB then also sets db.SetMaxIdleConns to it, since
-// database/sql would otherwise close all but 2 of them, and applies
-// WithMaxConns, WithMaxConnLifetime and WithMaxConnIdleTime if given.
+// with WithMaxIdleConns, or WithMaxConns (which then sets both, as
+// pool_max_conns does); WarmDB then also sets db.SetMaxIdleConns to it,
+// since database/sql would otherwise close all but 2 of them, and applies
+// WithMaxConns, WithMaxConnLifetime and WithMaxConnIdleTime if given. Behind
+// a wrapper that hides warmpg's driver (otelsql), call (*Connector).WarmDB.
 //
 // It holds the connections at once with db.Conn (so idle ones already in the
 // pool count), dialling at most pool_warm_parallelism at a time, within ctx
@@ -57,7 +59,24 @@ func WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error)
 	if db == nil {
 		return WarmReport{}, errors.New("warmpg: WarmDB: db is nil")
 	}
-	c, ours := connectorOf(db)
+	c, _ := connectorOf(db)
+	return warmDB(ctx, db, c, opts)
+}
+
+// WarmDB is the package's WarmDB for a db whose connections come from c
+// through a wrapper that hides c from db.Driver() — otelsql.OpenDB(c), say:
+// c's settings (the DSN's pool_* keys, the environment, its options) apply
+// as on a DB warmpg opened, then opts.
+func (c *Connector) WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error) {
+	if db == nil {
+		return WarmReport{}, errors.New("warmpg: WarmDB: db is nil")
+	}
+	return warmDB(ctx, db, c, opts)
+}
+
+// warmDB is WarmDB with c, warmpg's connector under db, or nil if unknown.
+func warmDB(ctx context.Context, db *sql.DB, c *Connector, opts []Option) (WarmReport, error) {
+	ours := c != nil
 	cfg := newConfig()
 	if ours {
 		cfg = c.cfg
@@ -68,8 +87,8 @@ func WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error)
 	if err := cfg.validate(); err != nil {
 		return WarmReport{}, err
 	}
-	if !ours && cfg.set&bitMaxIdleConns == 0 {
-		return WarmReport{}, errors.New("warmpg: WarmDB: db was not opened through warmpg, so the number of connections to warm is unknown: pass warmpg.WithMaxIdleConns(n)")
+	if !ours && cfg.set&(bitMaxIdleConns|bitMaxConns) == 0 {
+		return WarmReport{}, errors.New("warmpg: WarmDB: db was not opened through warmpg, so the number of connections to warm is unknown: pass warmpg.WithMaxIdleConns(n) or warmpg.WithMaxConns(n) (or call WarmDB on the warmpg Connector under a wrapper)")
 	}
 	// Only what the DSN, the environment or opts set: a limit the
 	// application set by hand on db stays unless a setting says otherwise.

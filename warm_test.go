@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -199,7 +200,42 @@ func TestWarmDBForeignDB(t *testing.T) {
 	if fc.maxSeen.Load() < 2 {
 		t.Errorf("foreign warm was not concurrent (peak %d)", fc.maxSeen.Load())
 	}
+	// WithMaxConns alone means what pool_max_conns alone means: warm that
+	// many, the limit.
+	rep, err = WarmDB(context.Background(), db, WithMaxConns(14))
+	if st := db.Stats(); err != nil || rep.Warmed != 14 || st.MaxOpenConnections != 14 || st.Idle != 14 {
+		t.Errorf("WithMaxConns(14) alone: %v %+v, max open %d, idle %d; want 14 warmed within a limit of 14", err, rep, st.MaxOpenConnections, st.Idle)
+	}
 }
+
+// Behind a wrapper that hides warmpg's driver from db.Driver(), the
+// Connector's own WarmDB applies its DSN's pool settings.
+func TestConnectorWarmDBBehindWrapper(t *testing.T) {
+	withEnv(t)
+	fc := &fakeConnector{}
+	c, err := NewConnector(fc, WithMaxConns(6), WithMaxIdleConns(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(hidingConnector{c}) // db.Driver() is not warmpg's
+	defer db.Close()
+	if _, err := WarmDB(context.Background(), db); err == nil {
+		t.Fatal("the package WarmDB found the hidden connector; this test needs a wrapper that hides it")
+	}
+	rep, err := c.WarmDB(context.Background(), db)
+	if st := db.Stats(); err != nil || rep.Warmed != 5 || st.MaxOpenConnections != 6 || st.Idle != 5 {
+		t.Errorf("(*Connector).WarmDB: %v %+v, max open %d, idle %d; want 5 warmed, limit 6", err, rep, st.MaxOpenConnections, st.Idle)
+	}
+	if got := c.Stats().Connects; got != 5 {
+		t.Errorf("connector counted %d connects, want 5", got)
+	}
+}
+
+// hidingConnector wraps a connector and reports a driver of its own, as
+// otelsql does.
+type hidingConnector struct{ driver.Connector }
+
+func (h hidingConnector) Driver() driver.Driver { return fakeDriver{} }
 
 func TestWarmDBZeroAndClosed(t *testing.T) {
 	fc := &fakeConnector{}

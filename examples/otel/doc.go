@@ -4,12 +4,11 @@
 // (otelsql.RegisterDBStatsMetrics), and warmpg's own counters as
 // observable counters (RegisterCounters).
 //
-// Wrap warmpg's connector, not the driver name:
+// Wrap warmpg's connector, not the driver name, and keep it:
 //
-//	opts := []warmpg.Option{warmpg.WithMaxConns(20), warmpg.WithMaxIdleConns(16)}
-//	c, err := warmpg.OpenConnector(dsn, opts...)
+//	c, err := warmpg.OpenConnector(dsn) // pool_max_conns=20&pool_max_idle_conns=16 in the DSN
 //	db := otelsql.OpenDB(c, otelsql.WithAttributes(semconv.DBSystemNamePostgreSQL))
-//	rep, err := warmpg.WarmDB(ctx, db, opts...)
+//	rep, err := c.WarmDB(ctx, db) // applies the DSN's pool settings, then warms
 //
 // What passes through otelsql (v0.44), as the tests here check on a real
 // server:
@@ -20,18 +19,14 @@
 //     server closed (each reset also gets a sql.conn.reset_session span);
 //   - pool_autocommit: BeginTx reaches warmpg, so a read-only transaction
 //     sends no BEGIN (otelsql still records a sql.conn.begin_tx span);
-//   - (*sql.Conn).Raw: the function gets otelsql's connection, whose Raw
-//     method returns warmpg's; warmpg.Unwrap alone stops at otelsql's. Peel
-//     both (PgxConn does) to reach pgx.
+//   - (*sql.Conn).Raw: the function gets otelsql's connection; warmpg.Unwrap
+//     peels it (through its Raw method) and warmpg's, down to pgx's.
 //
-// What does not: db.Driver() is otelsql's driver, so warmpg.WarmDB(ctx, db)
-// and warmpg.Stats(db) cannot find warmpg's connector from db. WarmDB then
-// refuses to guess how many connections to warm and applies none of the
-// DSN's pool_max_conns / pool_max_idle_conns / pool_max_conn_lifetime /
-// pool_max_conn_idle_time: pass them as options (the same opts as above),
-// and read warmpg's counters from the connector you kept, c.Stats(). The
-// connector's own settings (pool_reset, pool_autocommit, pool_read_only,
-// pool_prewarm, pool_min_idle_conns, lifetimes) work from the DSN as usual.
+// What does not: db.Driver() is otelsql's driver, so the package functions
+// warmpg.WarmDB(ctx, db) and warmpg.Stats(db) cannot find warmpg's connector
+// from db. Call the connector's own: c.WarmDB(ctx, db), which applies the
+// DSN's pool_max_conns / pool_max_idle_conns / lifetimes to db as
+// warmpg.WarmDB does on a DB warmpg opened, and c.Stats().
 //
 // otelsql.Open("warmpg", dsn) works too, but then no code can reach the
 // connector at all: prefer otelsql.OpenDB with a connector you keep.

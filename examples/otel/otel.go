@@ -3,7 +3,6 @@ package otelexample
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 
 	"github.com/XSAM/otelsql"
@@ -33,8 +32,7 @@ type Config struct {
 	MeterProvider  metric.MeterProvider // nil: the global one
 	// Name labels the pool's metrics (db.namespace), e.g. "orders".
 	Name string
-	// Pool settings, given to both warmpg.OpenConnector and warmpg.WarmDB:
-	// WarmDB cannot read the DSN's pool_* sizes through otelsql.
+	// Options for warmpg.OpenConnector, over the DSN's pool_* keys.
 	Options []warmpg.Option
 }
 
@@ -74,7 +72,9 @@ func Open(ctx context.Context, dsn string, cfg Config) (*Pool, warmpg.WarmReport
 	}
 	p.regs = append(p.regs, countersReg)
 
-	rep, err := warmpg.WarmDB(ctx, p.DB, cfg.Options...)
+	// The connector's WarmDB: db.Driver() is otelsql's, so the package's
+	// WarmDB could not find the DSN's pool settings from p.DB.
+	rep, err := c.WarmDB(ctx, p.DB)
 	if err != nil && rep.Warmed == 0 {
 		p.Close()
 		return nil, rep, err
@@ -134,21 +134,13 @@ func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ..
 }
 
 // PgxConn returns the *pgx.Conn under a driver connection handed to
-// (*sql.Conn).Raw, peeling the wrappers on the way: otelsql's (and others
-// with a Raw() driver.Conn method) and warmpg's (warmpg.Unwrap). It
-// reports false when the connection is not pgx's (pool_backend=pq).
+// (*sql.Conn).Raw: warmpg.Unwrap peels otelsql's wrapper (its Raw method)
+// and warmpg's. It reports false when the connection is not pgx's
+// (pool_backend=pq).
 func PgxConn(driverConn any) (*pgx.Conn, bool) {
-	for range 8 { // wrappers do not nest deeper than this
-		switch c := driverConn.(type) {
-		case *stdlib.Conn:
-			return c.Conn(), true
-		case interface{ Raw() driver.Conn }: // otelsql's
-			driverConn = c.Raw()
-		case interface{ Unwrap() driver.Conn }: // warmpg's
-			driverConn = warmpg.Unwrap(c)
-		default:
-			return nil, false
-		}
+	sc, ok := warmpg.Unwrap(driverConn).(*stdlib.Conn)
+	if !ok {
+		return nil, false
 	}
-	return nil, false
+	return sc.Conn(), true
 }

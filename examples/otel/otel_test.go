@@ -211,9 +211,9 @@ func TestTracesAndMetrics(t *testing.T) {
 	}
 }
 
-// Behind otelsql, db.Driver() is otelsql's: WarmDB and Stats do not find
-// warmpg's connector from the *sql.DB, and the DSN's pool sizes are not
-// applied by WarmDB; options are.
+// Behind otelsql, db.Driver() is otelsql's: the package's WarmDB and Stats
+// do not find warmpg's connector from the *sql.DB; the connector's own
+// WarmDB applies the DSN's pool sizes.
 func TestWarmDBBehindOtelsql(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := extest.Ctx(t, 30*time.Second)
@@ -230,25 +230,18 @@ func TestWarmDBBehindOtelsql(t *testing.T) {
 	if _, ok := warmpg.Stats(db); ok {
 		t.Error("warmpg.Stats(db) found warmpg behind otelsql; simplify the recipe")
 	}
-	// Without a count WarmDB refuses: it cannot see the DSN's.
+	// Without a count the package's WarmDB refuses: it cannot see the DSN's.
 	if _, err := warmpg.WarmDB(ctx, db); err == nil || !strings.Contains(err.Error(), "WithMaxIdleConns") {
 		t.Errorf("WarmDB without a count: %v, want the error asking for WithMaxIdleConns", err)
 	}
-	// With only a count it warms, but pool_max_conns=4 from the DSN is not
-	// applied to the *sql.DB.
-	rep, err := warmpg.WarmDB(ctx, db, warmpg.WithMaxIdleConns(3))
+	// The recipe: the connector's WarmDB applies pool_max_conns=4 and
+	// pool_max_idle_conns=3 from the DSN, then warms 3.
+	rep, err := c.WarmDB(ctx, db)
 	if err != nil || rep.Warmed != 3 {
-		t.Fatalf("WarmDB(WithMaxIdleConns(3)) = %v, %v", rep, err)
-	}
-	if st := db.Stats(); st.MaxOpenConnections != 0 || st.Idle != 3 {
-		t.Errorf("after WarmDB: max open %d, idle %d; want 0 (the DSN's 4 is not applied) and 3", st.MaxOpenConnections, st.Idle)
-	}
-	// The recipe: the sizes as options, given to WarmDB.
-	if _, err := warmpg.WarmDB(ctx, db, warmpg.WithMaxConns(4), warmpg.WithMaxIdleConns(3)); err != nil {
-		t.Fatal(err)
+		t.Fatalf("c.WarmDB = %v, %v", rep, err)
 	}
 	if st := db.Stats(); st.MaxOpenConnections != 4 || st.Idle != 3 {
-		t.Errorf("after WarmDB with options: max open %d, idle %d; want 4 and 3", st.MaxOpenConnections, st.Idle)
+		t.Errorf("after c.WarmDB: max open %d, idle %d; want 4 and 3", st.MaxOpenConnections, st.Idle)
 	}
 	if got := c.Stats(); got.Connects != 3 {
 		t.Errorf("connector counters %v: want the 3 warmed connections", got)
@@ -442,7 +435,7 @@ func TestAutocommitBehindOtelsql(t *testing.T) {
 }
 
 // Raw behind otelsql: the function gets otelsql's connection, and
-// warmpg.Unwrap alone does not reach pgx; PgxConn peels both wrappers.
+// warmpg.Unwrap peels both wrappers down to pgx's.
 func TestRawBehindOtelsql(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := extest.Ctx(t, 30*time.Second)
@@ -458,11 +451,11 @@ func TestRawBehindOtelsql(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = conn.Raw(func(dc any) error {
-		if _, ok := warmpg.Unwrap(dc).(*stdlib.Conn); ok {
-			t.Error("warmpg.Unwrap reached pgx through otelsql: PgxConn's extra step is no longer needed")
+		if _, ok := dc.(*stdlib.Conn); ok {
+			t.Error("Raw handed pgx's connection itself: otelsql no longer wraps; simplify the recipe")
 		}
-		if got := fmt.Sprintf("%T", warmpg.Unwrap(dc)); got != fmt.Sprintf("%T", dc) {
-			t.Errorf("warmpg.Unwrap(otelsql's conn) = %s, want it unchanged (%T)", got, dc)
+		if _, ok := warmpg.Unwrap(dc).(*stdlib.Conn); !ok {
+			t.Errorf("warmpg.Unwrap(%T) = %T, want pgx's *stdlib.Conn", dc, warmpg.Unwrap(dc))
 		}
 		pc, ok := otelexample.PgxConn(dc)
 		if !ok {
