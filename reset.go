@@ -20,6 +20,10 @@ import (
 //	none      nothing (the inner driver's own ResetSession still runs)
 //	check     local state only; on the clean path nothing is sent. See check.
 //	ping      a ping
+//
+// In none and ping modes a driver that reports no transaction status
+// (lib/pq) gets a ROLLBACK instead when a statement it ran may have begun a
+// transaction (see noteStatement); pgx discards such a connection itself.
 //	rollback  ROLLBACK
 //	discard   discardSQL (DISCARD ALL but for DEALLOCATE ALL, see below)
 //
@@ -171,9 +175,20 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 		return outDiscarded, errExpired
 	}
 	switch c.c.cfg.reset {
-	case ResetNone:
-		return outClean, nil
-	case ResetPing:
+	case ResetNone, ResetPing:
+		// pgx's own ResetSession discards a connection left in a
+		// transaction; for a driver that reports no transaction status
+		// (lib/pq), a statement that may have begun one gets a ROLLBACK,
+		// so that in no mode does the next user run inside it.
+		if c.pgx == nil && c.maybeTx {
+			if err := c.exec(ctx, "ROLLBACK"); err != nil {
+				return outDiscarded, errBadConn("ROLLBACK of a transaction left open failed", err)
+			}
+			return outRolledBack, nil
+		}
+		if c.c.cfg.reset == ResetNone {
+			return outClean, nil
+		}
 		if err := c.innerPing(ctx); err != nil {
 			return outDiscarded, errBadConn("ping before reuse failed", err)
 		}
