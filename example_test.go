@@ -5,6 +5,9 @@ import (
 	"database/sql"
 	"fmt"
 	"log"
+	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/DATA-DOG/go-sqlmock"
@@ -138,4 +141,42 @@ func ExampleStats() {
 		fmt.Println(st.Discarded, st.RolledBack)
 	}
 	// Output: 0 0
+}
+
+// warmpg's events go to the slog.Logger given with WithLogger, at or above
+// pool_log_level (WithLogLevel); here the time and durations are dropped
+// so that the output is the same on every run.
+func ExampleWithLogLevel() {
+	mockDB, _, err := sqlmock.NewWithDSN("example-log-level")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mockDB.Close()
+	inner, err := warmpg.ConnectorFromDriver(mockDB.Driver(), "example-log-level")
+	if err != nil {
+		log.Fatal(err)
+	}
+	h := slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
+		Level: slog.LevelDebug,
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			switch a.Key {
+			case slog.TimeKey, "elapsed":
+				return slog.Attr{}
+			case slog.MessageKey:
+				msg, _, _ := strings.Cut(a.Value.String(), " in ")
+				return slog.String(a.Key, msg)
+			}
+			return a
+		},
+	})
+	c, err := warmpg.NewConnector(inner, warmpg.WithLogger(slog.New(h)), warmpg.WithLogLevel(slog.LevelDebug))
+	if err != nil {
+		log.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+	if _, err := warmpg.WarmDB(context.Background(), db, warmpg.WithMaxIdleConns(1)); err != nil {
+		log.Fatal(err)
+	}
+	// Output: level=INFO msg="warmpg: warmed 1/1" requested=1 warmed=1 parallelism=1
 }
