@@ -179,6 +179,8 @@ func TestReplicaReadOnlyAutocommitPool(t *testing.T) {
 			}
 			if got := roundTrips(proxy); got != 2*plain {
 				t.Errorf("%d round trips for %d one-query transactions, want %d as for the queries alone", got, 2*n, 2*plain)
+			} else {
+				t.Logf("%d one-query read-only transactions: %d round trips, as for %d bare queries", 2*n, got, 2*n)
 			}
 			if st, _ := warmpg.Stats(db); st.AutocommitTxs != 2*n {
 				t.Errorf("counters %v: want %d autocommit transactions", st, 2*n)
@@ -186,6 +188,30 @@ func TestReplicaReadOnlyAutocommitPool(t *testing.T) {
 			_, err = db.ExecContext(ctx, "insert into replica_items values ($1)", 101)
 			if sqlState(err) != "25006" {
 				t.Errorf("a write on the read-only standby pool: %v, want SQLSTATE 25006", err)
+			}
+			// Repeatable read stays a real transaction (one snapshot),
+			// read-only; serializable is refused by a hot standby.
+			proxy.Reset()
+			tx, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+			if err != nil {
+				t.Fatalf("repeatable read on the standby: %v", err)
+			}
+			check(t, tx)
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if got := messagesContaining(proxy, "begin"); len(got) != 1 || !strings.Contains(strings.ToLower(got[0]), "read only") {
+				t.Errorf("repeatable read sent %q, want one BEGIN ... READ ONLY", got)
+			}
+			tx, err = db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
+			if err == nil {
+				// lib/pq may report the refusal at the first statement.
+				var one int
+				err = tx.QueryRowContext(ctx, "select 1").Scan(&one)
+				tx.Rollback()
+			}
+			if err == nil || !strings.Contains(err.Error(), "cannot use serializable mode in a hot standby") {
+				t.Errorf("serializable on the standby: %v, want it refused", err)
 			}
 		})
 	}
@@ -246,6 +272,8 @@ func TestReplicaReadOnlyAutocommitPool(t *testing.T) {
 			}
 			if got := messagesContaining(proxy, "begin"); len(got) != 1 {
 				t.Errorf("want one BEGIN (no autocommit), got %q", got)
+			} else {
+				t.Logf("without pool_autocommit: %q, %d round trips for a one-query transaction on a new connection", got[0], roundTrips(proxy))
 			}
 			db.Close()
 		}
@@ -288,11 +316,13 @@ func TestReplicaMultiHost(t *testing.T) {
 					switch {
 					case b == warmpg.BackendPQ && form == "url":
 						// lib/pq v1.12.3 reads "127.0.0.1:p1,127.0.0.1:p2" as
-						// host names, port 5432. prefer-standby is left out:
-						// with no host reachable lib/pq loops forever (see
-						// TestReplicaPQPreferStandbyNoHostHangs).
-						if tc.tsa == "prefer-standby" {
-							t.Skip("lib/pq: prefer-standby with no reachable host never returns")
+						// host names (looked up in DNS), port 5432: no host
+						// can be reached, whatever target_session_attrs
+						// says, so one case shows it. (With prefer-standby
+						// lib/pq would then loop forever: see
+						// TestReplicaPreferStandbyNoHost.)
+						if tc.tsa != "read-write" {
+							t.Skip("lib/pq cannot read this URL form; shown once, by read-write")
 						}
 						want = "could not connect to any of the hosts"
 					case b == warmpg.BackendPQ && tc.tsa == "read-only":
@@ -495,7 +525,7 @@ func (r heldRound) String() string {
 func TestReplicaPromotion(t *testing.T) {
 	ctx := ctxT(t, 3*time.Minute)
 	primary, standby := replicaPair(t, ctx)
-	_ = primary
+	proxy, via := proxied(t, standby)
 	const n = 4
 	type pool struct {
 		name, reset string
@@ -504,11 +534,13 @@ func TestReplicaPromotion(t *testing.T) {
 		dsn         string
 		db          *sql.DB
 		rounds      []heldRound
+		proxied     bool // through proxy, which counts what round 2 sends
+		round2SQL   []string
 	}
 	var pools []*pool
 	for _, b := range backends {
 		for _, mode := range []string{"check", "none", "ping"} {
-			pools = append(pools, &pool{name: string(b) + "/" + mode, reset: mode, b: b})
+			pools = append(pools, &pool{name: string(b) + "/" + mode, reset: mode, b: b, proxied: b == warmpg.BackendPgx && mode == "check"})
 		}
 		pools = append(pools, &pool{name: string(b) + "/check/target_session_attrs=standby", reset: "check", b: b, tsa: "standby"})
 	}
@@ -518,6 +550,9 @@ func TestReplicaPromotion(t *testing.T) {
 			params = append(params, "target_session_attrs="+p.tsa)
 		}
 		p.dsn = standby.URL(params...)
+		if p.proxied {
+			p.dsn = via(params...)
+		}
 		db, err := warmpg.Open(p.dsn)
 		if err != nil {
 			t.Fatal(err)
@@ -545,8 +580,14 @@ func TestReplicaPromotion(t *testing.T) {
 	const rounds = 3
 	for _, p := range pools {
 		for i := range rounds {
+			if p.proxied && i == 1 {
+				proxy.Reset()
+			}
 			r := holdAll(ctx, p.db, n)
 			p.rounds = append(p.rounds, r)
+			if p.proxied && i == 1 {
+				p.round2SQL = simpleQueries(proxy)
+			}
 			t.Logf("%-40s round %d after promotion: %v", p.name, i+1, r)
 			for _, err := range r.queryErrs {
 				t.Logf("    error: %v", firstLine(err.Error()))
@@ -617,6 +658,18 @@ func TestReplicaPromotion(t *testing.T) {
 				if r2.delta.Discarded != n || r2.delta.Connects != n || r2.stale != 0 {
 					t.Errorf("round 2: %v; want the %d old connections discarded and replaced", r2, n)
 				}
+				// Before discarding, check mode tries the session reset,
+				// which cannot undo a promotion: one round trip each.
+				resets := 0
+				for _, q := range p.round2SQL {
+					if strings.HasPrefix(q, "SET SESSION AUTHORIZATION DEFAULT") {
+						resets++
+					}
+				}
+				if resets != n {
+					t.Errorf("round 2 sent %q; want the session reset once per old connection", p.round2SQL)
+				}
+				t.Logf("round 2: %d session resets sent before the %d discards", resets, r2.delta.Discarded)
 				if r3.delta.Discarded != 0 || r3.delta.Clean != n {
 					t.Errorf("round 3: %v; want all clean", r3)
 				}
@@ -643,43 +696,76 @@ func TestReplicaPromotion(t *testing.T) {
 }
 
 // envReplicaChild makes the test binary, run again by
-// TestReplicaPQPreferStandbyNoHostHangs, be that test's child.
+// TestReplicaPreferStandbyNoHost, be that test's child for the backend it
+// names.
 const envReplicaChild = "WARMPG_TEST_REPLICA_CHILD"
 
-// lib/pq v1.12.3 with target_session_attrs=prefer-standby, when no host
-// can be reached, never returns: after a pass over the hosts it starts
-// over with "any", and after that pass fails it starts over again
-// (Connector.open's goto restartAll), ignoring the context, spinning a
-// CPU. A warmpg pq pool then hangs the request's goroutine for good. The
-// loop cannot be stopped in-process, so a child process runs the connect
-// and this test kills it. This test pins that behaviour: when lib/pq
-// fixes it, it fails — update docs/replicas.md and the skip in
-// TestReplicaMultiHost.
-func TestReplicaPQPreferStandbyNoHostHangs(t *testing.T) {
-	if os.Getenv(envReplicaChild) == "pq-prefer-standby" {
-		port, err := freeTCPPort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		db, err := sql.Open("warmpg", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres sslmode=disable "+
-			"target_session_attrs=prefer-standby pool_backend=pq pool_connect_retry_timeout=0", port))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		fmt.Fprintln(os.Stdout, "CHILD: connecting")
-		start := time.Now()
-		err = db.PingContext(ctx)
-		fmt.Fprintf(os.Stdout, "CHILD: returned after %v: %v\n", time.Since(start).Round(time.Millisecond), err)
-		db.Close()
+// target_session_attrs=prefer-standby when no host can be reached (all
+// down, or the one host restarting), the connect's context ending after
+// 1 s. pgx returns the connect errors. lib/pq v1.12.3 never returns: after
+// a pass over the hosts for a standby it starts over accepting any, and
+// when that pass fails too it starts over again (Connector.open's goto
+// restartAll), ignoring the context, spinning a CPU; a warmpg lib/pq pool
+// then hangs the request's goroutine for good. That loop cannot be stopped
+// in-process, so a child process runs each connect and this test kills it
+// 4 s after it began. The lib/pq case pins the bug: when lib/pq fixes it,
+// it fails — then update docs/replicas.md and TestReplicaMultiHost.
+func TestReplicaPreferStandbyNoHost(t *testing.T) {
+	if b := os.Getenv(envReplicaChild); b != "" {
+		preferStandbyChild(t, b)
 		return
 	}
 	if testing.Short() {
-		t.Skip("runs a child process for a few seconds")
+		t.Skip("runs child processes for a few seconds")
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestReplicaPQPreferStandbyNoHostHangs$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), envReplicaChild+"=pq-prefer-standby")
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			const grace = 4 * time.Second // the child's context ends after 1 s
+			started, returned, text := runPreferStandbyChild(t, b, grace)
+			switch {
+			case !started:
+				t.Fatalf("the child did not get to connect:\n%s", text)
+			case b == warmpg.BackendPgx && !returned:
+				t.Errorf("pgx did not return within %v of a connect with a 1 s context:\n%s", grace, text)
+			case b == warmpg.BackendPgx:
+				t.Logf("pgx: %s", firstLine(text[strings.Index(text, "CHILD: returned"):]))
+			case returned:
+				t.Errorf("lib/pq returned: it no longer hangs with prefer-standby and no host; update docs/replicas.md and TestReplicaMultiHost\n%s", text)
+			default:
+				t.Logf("lib/pq: still connecting %v after a connect with a 1 s context began; killed (known lib/pq v1.12.3 bug)", grace)
+			}
+		})
+	}
+}
+
+// preferStandbyChild is the child's side: one connect through a warmpg
+// pool of backend b to a port nobody listens on, reported on stdout.
+func preferStandbyChild(t *testing.T, b string) {
+	port, err := freeTCPPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("warmpg", fmt.Sprintf("host=127.0.0.1 port=%d user=postgres sslmode=disable "+
+		"target_session_attrs=prefer-standby pool_backend=%s pool_connect_retry_timeout=0", port, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	fmt.Fprintln(os.Stdout, "CHILD: connecting")
+	start := time.Now()
+	err = db.PingContext(ctx)
+	fmt.Fprintf(os.Stdout, "CHILD: returned after %v: %v\n", time.Since(start).Round(time.Millisecond), err)
+}
+
+// runPreferStandbyChild runs the test binary as preferStandbyChild for
+// backend b, waits until it begins its connect, gives it grace to return,
+// kills it, and returns what it said.
+func runPreferStandbyChild(t *testing.T, b warmpg.Backend, grace time.Duration) (started, returned bool, text string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestReplicaPreferStandbyNoHost$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), envReplicaChild+"="+string(b))
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -697,7 +783,7 @@ func TestReplicaPQPreferStandbyNoHostHangs(t *testing.T) {
 			lines <- sc.Text()
 		}
 	}()
-	var text strings.Builder
+	var out strings.Builder
 	// wait reads lines until one starts with prefix, the output ends, or d
 	// passes.
 	wait := func(prefix string, d time.Duration) bool {
@@ -709,7 +795,7 @@ func TestReplicaPQPreferStandbyNoHostHangs(t *testing.T) {
 				if !ok {
 					return false
 				}
-				text.WriteString(l + "\n")
+				out.WriteString(l + "\n")
 				if strings.HasPrefix(l, prefix) {
 					return true
 				}
@@ -718,25 +804,16 @@ func TestReplicaPQPreferStandbyNoHostHangs(t *testing.T) {
 			}
 		}
 	}
-	started := wait("CHILD: connecting", 60*time.Second)
-	var returned bool
-	const grace = 4 * time.Second // the child's context ends after 1 s
+	started = wait("CHILD: connecting", 60*time.Second)
 	if started {
 		returned = wait("CHILD: returned", grace)
 	}
 	_ = cmd.Process.Kill()
 	for l := range lines { // until the child's stdout closes
-		text.WriteString(l + "\n")
+		out.WriteString(l + "\n")
 	}
 	_ = cmd.Wait()
-	switch {
-	case !started:
-		t.Fatalf("the child did not get to connect:\n%s%s", text.String(), stderr.String())
-	case returned:
-		t.Errorf("lib/pq returned: it no longer hangs with prefer-standby and no host; update docs/replicas.md and TestReplicaMultiHost\n%s", text.String())
-	default:
-		t.Logf("lib/pq, target_session_attrs=prefer-standby, no host up, context of 1 s: still connecting %v later; killed (known lib/pq v1.12.3 bug)", grace)
-	}
+	return started, returned, out.String() + stderr.String()
 }
 
 // freeTCPPort returns a port of 127.0.0.1 nobody listened on a moment ago.

@@ -46,9 +46,9 @@ func (s *Server) StandbyName() string {
 	return "pgtest_standby_" + strconv.Itoa(s.Port)
 }
 
-// StartStandby builds and starts a hot standby of primary, which must be a
-// cluster this package started with StartLocal and not the shared server of
-// Get. opts apply to the standby: WithSetting adds postgresql.conf lines
+// StartStandby builds and starts a hot standby of primary, which must be the
+// Server StartLocal returned (not the shared server of Get, nor a copy made
+// by WithUser or WithHost). opts apply to the standby: WithSetting adds postgresql.conf lines
 // after the primary's (copied by pg_basebackup) and the standby's own,
 // WithStartTimeout bounds pg_ctl. The caller must Close it (Main closes
 // forgotten ones); closing the primary first leaves the standby running,
@@ -64,8 +64,10 @@ func StartStandby(ctx context.Context, primary *Server, opts ...Option) (srv *Se
 		}
 		return nil, fmt.Errorf("pgtest: a standby needs a primary StartLocal started (got kind %s): %w", kind, ErrNotManaged)
 	}
-	if shared.srv != nil && primary.local == shared.srv.local {
-		return nil, errors.New("pgtest: will not build a standby of the shared server of Get: start a primary with StartLocal")
+	if !primary.owner {
+		// The shared server of Get, or a WithUser/WithHost copy: only the
+		// Server StartLocal returned says the cluster is the caller's.
+		return nil, errors.New("pgtest: a standby needs the Server StartLocal returned, not the shared server of Get nor a copy made by WithUser or WithHost")
 	}
 	pc := primary.local
 	cfg := newConfig(opts)

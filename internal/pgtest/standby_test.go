@@ -198,7 +198,7 @@ func TestStandbyRestartAndPrimaryGone(t *testing.T) {
 
 // Only a cluster this harness started can have a standby; an env server
 // (Kind env: not managed) is refused with ErrNotManaged, the shared server
-// with an error.
+// and copies with an error.
 func TestStandbyNeedsManagedPrimary(t *testing.T) {
 	ctx := ctxT(t, 30*time.Second)
 	env := &pgtest.Server{Host: "127.0.0.1", Port: 1, User: "u", Database: "d", Kind: pgtest.KindEnv}
@@ -218,5 +218,11 @@ func TestStandbyNeedsManagedPrimary(t *testing.T) {
 		t.Errorf("StartStandby of the shared server: %v, want a refusal", err)
 	case !shared.Managed() && !errors.Is(err, pgtest.ErrNotManaged):
 		t.Errorf("StartStandby of the shared %s server: %v, want ErrNotManaged", shared.Kind, err)
+	}
+	if shared.Managed() {
+		// A copy shares the cluster but does not own it.
+		if _, err := pgtest.StartStandby(ctx, shared.WithUser("postgres", "")); err == nil || !strings.Contains(err.Error(), "WithUser") {
+			t.Errorf("StartStandby of a WithUser copy: %v, want a refusal", err)
+		}
 	}
 }
