@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"reflect"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/lib/pq"
 )
@@ -56,9 +58,12 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 	if err != nil {
 		return nil, err
 	}
-	ic, err := backendConnector(&cfg, inner)
+	ic, tsa, err := backendConnector(&cfg, inner)
 	if err != nil {
 		return nil, redact(fmt.Errorf("warmpg: %s backend rejected the DSN: %w", cfg.backend, err), cfg.secrets)
+	}
+	if err := cfg.checkTargetSessionAttrs(tsa); err != nil {
+		return nil, err
 	}
 	c := newConnector(ic, cfg)
 	c.ownPgx = cfg.backend == BackendPgx
@@ -98,13 +103,14 @@ func buildConfig(pool []dsnParam, opts []Option) (config, error) {
 // pool_* keys. Settings warmpg adds go in the startup packet, as the DSN's
 // own runtime settings (statement_timeout, application_name, ...) do: no SET
 // after connect, no extra round trip.
-func backendConnector(cfg *config, dsn string) (driver.Connector, error) {
+func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string, err error) {
 	switch cfg.backend {
 	case BackendPQ:
 		pcfg, err := pq.NewConfig(dsn)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
+		tsa = string(pcfg.TargetSessionAttrs)
 		if cfg.readOnly {
 			if pcfg.Runtime == nil {
 				pcfg.Runtime = map[string]string{}
@@ -120,17 +126,18 @@ func backendConnector(cfg *config, dsn string) (driver.Connector, error) {
 		}
 		pc, err := pq.NewConnectorConfig(pcfg)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		// lib/pq does not expose its socket; this dialer hands it to
 		// Connect for check mode's peek.
 		pc.Dialer(socketDialer{})
-		return pc, nil
+		return pc, tsa, nil
 	default:
 		pc, err := pgx.ParseConfig(dsn)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
+		tsa = pgxTargetSessionAttrs(pc.ValidateConnect)
 		if cfg.readOnly {
 			pc.RuntimeParams["default_transaction_read_only"] = "on"
 		}
@@ -142,8 +149,43 @@ func backendConnector(cfg *config, dsn string) (driver.Connector, error) {
 		}
 		// pgx's stdlib pings on the first reuse of every connection and after
 		// each second of idleness. warmpg's ResetSession decides instead.
-		return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), nil
+		return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa, nil
 	}
+}
+
+// pgxTargetSessionAttrs names the target_session_attrs a pgx config's
+// ValidateConnect implements: pgx keeps the function, not the name.
+func pgxTargetSessionAttrs(validate pgconn.ValidateConnectFunc) string {
+	if validate == nil {
+		return "any"
+	}
+	p := reflect.ValueOf(validate).Pointer()
+	for name, f := range map[string]pgconn.ValidateConnectFunc{
+		"read-write":     pgconn.ValidateConnectTargetSessionAttrsReadWrite,
+		"read-only":      pgconn.ValidateConnectTargetSessionAttrsReadOnly,
+		"primary":        pgconn.ValidateConnectTargetSessionAttrsPrimary,
+		"standby":        pgconn.ValidateConnectTargetSessionAttrsStandby,
+		"prefer-standby": pgconn.ValidateConnectTargetSessionAttrsPreferStandby,
+	} {
+		if reflect.ValueOf(f).Pointer() == p {
+			return name
+		}
+	}
+	return "custom"
+}
+
+// checkTargetSessionAttrs refuses target_session_attrs values that cannot
+// work with the other settings, and records whether connections must be
+// to a standby (see conn.checkServerRole).
+func (cfg *config) checkTargetSessionAttrs(tsa string) error {
+	if cfg.readOnly && tsa == "read-write" {
+		return errors.New("warmpg: pool_read_only=true with target_session_attrs=read-write can match no server: every session pool_read_only opens is read-only (want target_session_attrs=primary, or no pool_read_only)")
+	}
+	if cfg.backend == BackendPQ && tsa == "prefer-standby" {
+		return errors.New("warmpg: target_session_attrs=prefer-standby with pool_backend=pq: lib/pq v1.12 retries forever, ignoring the context, when no host answers (a restart is enough); want pool_backend=pgx, or target_session_attrs=standby")
+	}
+	cfg.standbyOnly = tsa == "standby" || tsa == "prefer-standby" || (tsa == "read-only" && !cfg.readOnly)
+	return nil
 }
 
 func neverPing(context.Context, stdlib.ShouldPingParams) bool { return false }

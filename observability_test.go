@@ -208,8 +208,7 @@ func useAll(t *testing.T, ctx context.Context, db *sql.DB, n int) {
 }
 
 // A message the server sends an idle connection unasked (here a
-// notification; at a standby's promotion, in_hot_standby's new value) is
-// read by pgx, which check mode then inspects; lib/pq reports nothing of
+// notification for a LISTEN) is read by pgx, which check mode then inspects; lib/pq reports nothing of
 // what it read, so check mode discards the connection instead of handing
 // out a session that may have changed.
 func TestIntegrationUnaskedMessage(t *testing.T) {

@@ -85,6 +85,10 @@ type config struct {
 	warmParallelism int // 0: DefaultWarmParallelism
 	warmTimeout     time.Duration
 	pgbouncer       bool
+	// standbyOnly: the DSN's target_session_attrs asks for a standby
+	// (standby, prefer-standby; read-only without pool_read_only), so a
+	// connection whose server was promoted no longer matches it.
+	standbyOnly bool
 	logger          *slog.Logger
 	logLevel        slog.Level // events below it are not logged; LogOff: none
 	set             uint32     // which params were set explicitly (DSN, env or option)

@@ -303,3 +303,44 @@ func TestErrorsNeverShowPassword(t *testing.T) {
 		}
 	}
 }
+
+// target_session_attrs: combinations that cannot work are refused at open,
+// naming both settings; which values ask for a standby (a promoted server
+// then no longer matches, see conn.checkServerRole) is read from the DSN for
+// pgx (which keeps a function, not the name) and lib/pq alike.
+func TestTargetSessionAttrs(t *testing.T) {
+	withEnv(t)
+	for _, tc := range []struct {
+		dsn         string
+		err         string
+		standbyOnly bool
+	}{
+		{"host=h", "", false},
+		{"host=h target_session_attrs=standby", "", true},
+		{"host=h target_session_attrs=prefer-standby", "", true},
+		{"host=h target_session_attrs=read-only", "", true},
+		{"host=h target_session_attrs=read-only pool_read_only=true", "", false},
+		{"host=h target_session_attrs=primary", "", false},
+		{"host=h target_session_attrs=read-write", "", false},
+		{"postgres://h/db?target_session_attrs=standby", "", true},
+		{"host=h target_session_attrs=standby pool_backend=pq", "", true},
+		{"host=h target_session_attrs=read-write pool_read_only=true", "pool_read_only=true with target_session_attrs=read-write", false},
+		{"host=h target_session_attrs=read-write pool_read_only=true pool_backend=pq", "pool_read_only=true with target_session_attrs=read-write", false},
+		{"host=h target_session_attrs=prefer-standby pool_backend=pq", "prefer-standby with pool_backend=pq", false},
+	} {
+		c, err := OpenConnector(tc.dsn)
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("OpenConnector(%q) = %v, want an error with %q", tc.dsn, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("OpenConnector(%q): %v", tc.dsn, err)
+		default:
+			if c.cfg.standbyOnly != tc.standbyOnly {
+				t.Errorf("OpenConnector(%q): standbyOnly=%v, want %v", tc.dsn, c.cfg.standbyOnly, tc.standbyOnly)
+			}
+			c.Close()
+		}
+	}
+}

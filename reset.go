@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -40,10 +41,10 @@ const discardSQL = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNL
 
 // reportedParams are the settings the server reports (ParameterStatus) that
 // say who the session is and how it reads and writes data. In check mode a
-// change since connect is reset with discardSQL; if it survives that (the
-// server itself changed, e.g. a promoted standby), the connection is
-// discarded. search_path is reported by PostgreSQL 18 and later only; a
-// setting the server does not report is not checked.
+// change since connect is reset with discardSQL (and settle); if it
+// survives that, the connection is discarded. in_hot_standby is apart (see
+// checkServerRole). search_path is reported by PostgreSQL 18 and later
+// only; a setting the server does not report is not checked.
 var reportedParams = []string{
 	"session_authorization", "is_superuser", "default_transaction_read_only", "in_hot_standby",
 	"TimeZone", "DateStyle", "IntervalStyle", "client_encoding", "application_name", "search_path",
@@ -192,10 +193,16 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 		if err := c.innerPing(ctx); err != nil {
 			return outDiscarded, errBadConn("ping before reuse failed", err)
 		}
+		if err := c.checkServerRole(); err != nil {
+			return outDiscarded, err
+		}
 		return outPinged, nil
 	case ResetRollback:
 		if err := c.exec(ctx, "ROLLBACK"); err != nil {
 			return outDiscarded, errBadConn("ROLLBACK before reuse failed", err)
+		}
+		if err := c.checkServerRole(); err != nil {
+			return outDiscarded, err
 		}
 		return outRolledBack, nil
 	case ResetDiscard:
@@ -206,6 +213,9 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 		}
 		if err := c.exec(ctx, discardSQL); err != nil {
 			return outDiscarded, errBadConn("session reset before reuse failed", err)
+		}
+		if err := c.checkServerRole(); err != nil {
+			return outDiscarded, err
 		}
 		if err := c.settle(ctx); err != nil {
 			return outDiscarded, err
@@ -239,9 +249,11 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 		return outDiscarded, errBadConn("server closed the connection", nil)
 	case peekPending:
 		if c.pgx == nil {
-			// Only pgx says what it read (a setting the server changed,
-			// such as in_hot_standby at a promotion, or a notice): for any
-			// other driver the session may no longer be what it was.
+			// Only pgx says what it read. What a server sends an idle
+			// session is a FATAL before it closes it (a ping would only
+			// fail), a notification for a LISTEN, or a notice: for any
+			// other driver the session may no longer be what it was, and
+			// a new one costs no more than the ping that might not tell.
 			return outDiscarded, errBadConn("server sent data unasked, which this driver does not report", nil)
 		}
 		fallthrough
@@ -262,6 +274,9 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 		c.maybeTx = false
 		out = outRolledBack
 		c.c.cfg.logEscalation(out, "transaction left open")
+	}
+	if err := c.checkServerRole(); err != nil {
+		return outDiscarded, err
 	}
 	if c.sessionChanged() {
 		if err := c.exec(ctx, discardSQL); err != nil {
@@ -291,6 +306,38 @@ func (c *conn) sessionChanged() bool {
 		}
 	}
 	return false
+}
+
+// hotStandbyParam is in_hot_standby's index in reportedParams.
+var hotStandbyParam = slices.Index(reportedParams, "in_hot_standby")
+
+// checkServerRole handles in_hot_standby having changed since connect: the
+// standby this connection was made to has been promoted. No reset can undo
+// that, and nothing in the session is wrong for it — unless the DSN's
+// target_session_attrs asked for a standby, which the server no longer is:
+// then the connection is refused, and database/sql dials one that matches
+// (or fails the way a new connection does). Otherwise the new value is
+// recorded and the connection kept, with no round trip.
+//
+// PostgreSQL tells a session in_hot_standby's new value with the reply to
+// its next statement, not at the promotion: the first reuse of each
+// connection after a promotion cannot know, in check mode; ping, rollback
+// and discard modes learn it from their own round trip.
+func (c *conn) checkServerRole() error {
+	if c.pgx == nil {
+		return nil
+	}
+	now := c.pgx.Conn().PgConn().ParameterStatus("in_hot_standby")
+	was := c.params[hotStandbyParam]
+	if now == was {
+		return nil
+	}
+	if c.c.cfg.standbyOnly {
+		return errBadConn("the server left hot standby (promoted), and target_session_attrs asks for a standby", nil)
+	}
+	c.params[hotStandbyParam] = now
+	c.c.cfg.logEvent(slog.LevelDebug, "warmpg: server's in_hot_standby changed; connection kept", "was", was, "now", now)
+	return nil
 }
 
 // settle runs after discardSQL. RESET ALL returns each setting to the
