@@ -89,11 +89,11 @@ type config struct {
 	// (standby, prefer-standby; read-only without pool_read_only), so a
 	// connection whose server was promoted no longer matches it.
 	standbyOnly bool
-	logger          *slog.Logger
-	logLevel        slog.Level // events below it are not logged; LogOff: none
-	set             uint32     // which params were set explicitly (DSN, env or option)
-	errs            []error
-	secrets         []string // values never to show in an error (passwords)
+	logger      *slog.Logger
+	logLevel    slog.Level // events below it are not logged; LogOff: none
+	set         uint32     // which params were set explicitly (DSN, env or option)
+	errs        []error
+	secrets     []string // values never to show in an error (passwords)
 }
 
 func newConfig() config {
