@@ -455,7 +455,23 @@ var (
 func Get(t testing.TB) *Server {
 	t.Helper()
 	if !mainActive.Load() {
-		t.Fatal("pgtest.Get: the test binary's TestMain must call pgtest.Main: func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }")
+		t.Fatal(errNoMain)
+	}
+	srv, err := Shared()
+	if err != nil {
+		unavailable(t, err)
+	}
+	return srv
+}
+
+var errNoMain = errors.New("pgtest: the test binary's TestMain must call pgtest.Main: func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }")
+
+// Shared is Get for code that has no testing.TB, such as an Example
+// function: it returns the shared server, or why there is none (then the
+// caller decides; an example cannot skip).
+func Shared() (*Server, error) {
+	if !mainActive.Load() {
+		return nil, errNoMain
 	}
 	shared.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -468,10 +484,7 @@ func Get(t testing.TB) *Server {
 		srv.owner = false // Main closes it; a test's Close must not
 		shared.srv = srv
 	})
-	if shared.err != nil {
-		unavailable(t, shared.err)
-	}
-	return shared.srv
+	return shared.srv, shared.err
 }
 
 // unavailable skips the test, or fails it when CI=true.

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -50,47 +49,8 @@ func Ctx(t testing.TB, d time.Duration) context.Context {
 // the example then prints it and fails its Output check (an example cannot
 // skip).
 func Server() (*pgtest.Server, error) {
-	var tb exampleTB
-	srv := pgtest.Get(&tb)
-	if tb.msg != "" {
-		return nil, fmt.Errorf("%s", tb.msg)
-	}
-	if srv == nil {
-		return nil, fmt.Errorf("extest: pgtest.Get returned no server")
-	}
-	return srv, nil
+	return pgtest.Shared()
 }
-
-// exampleTB is the testing.TB pgtest.Get needs, for Example functions. It
-// records a skip or a failure instead of ending the goroutine, so Get
-// returns (nil) and Server reports the reason. The embedded testing.TB is
-// nil: pgtest.Get calls only the methods below (a call to any other panics,
-// which says that this adapter needs one more).
-type exampleTB struct {
-	testing.TB
-	mu  sync.Mutex
-	msg string
-}
-
-func (tb *exampleTB) Helper()      {}
-func (tb *exampleTB) Name() string { return "Example" }
-
-func (tb *exampleTB) record(s string) {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	if tb.msg == "" {
-		tb.msg = s
-	}
-}
-
-func (tb *exampleTB) Fatal(args ...any)                 { tb.record(fmt.Sprint(args...)) }
-func (tb *exampleTB) Fatalf(format string, args ...any) { tb.record(fmt.Sprintf(format, args...)) }
-func (tb *exampleTB) Skip(args ...any)                  { tb.record(fmt.Sprint(args...)) }
-func (tb *exampleTB) Skipf(format string, args ...any)  { tb.record(fmt.Sprintf(format, args...)) }
-func (tb *exampleTB) Error(args ...any)                 { tb.record(fmt.Sprint(args...)) }
-func (tb *exampleTB) Errorf(format string, args ...any) { tb.record(fmt.Sprintf(format, args...)) }
-func (tb *exampleTB) Log(args ...any)                   {}
-func (tb *exampleTB) Logf(format string, args ...any)   {}
 
 // Schema creates a schema unique to the test on srv, drops it (and what the
 // test created in it) when the test ends, and returns the connection
