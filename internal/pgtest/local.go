@@ -388,10 +388,14 @@ func findBinaries(dir string) (initdb, pgctl string, err error) {
 		", put initdb and pg_ctl on PATH, or run scripts/setup.sh")
 }
 
+// debianBinGlob is where Debian's packages put the server binaries; tests
+// point it elsewhere to play a machine without them.
+var debianBinGlob = "/usr/lib/postgresql/*/bin"
+
 // debianBinDirs returns the /usr/lib/postgresql/<version>/bin directories
 // that hold initdb and pg_ctl, highest version first.
 func debianBinDirs() []string {
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	matches, _ := filepath.Glob(debianBinGlob)
 	type vdir struct {
 		v   []int
 		dir string

@@ -13,12 +13,7 @@ import (
 // why — or fails under CI=true. Any other failure to start fails the test.
 func Own(t testing.TB, ctx context.Context, opts ...Option) *Server {
 	t.Helper()
-	if _, _, err := findBinaries(newConfig(opts).binDir); err != nil {
-		if os.Getenv(EnvCI) == "true" {
-			t.Fatalf("pgtest: this test needs a private local cluster (CI=true makes this fatal): %v", err)
-		}
-		t.Skipf("pgtest: this test stops, restarts or reconfigures its own server, which needs local PostgreSQL server binaries (a shared, env or container server will not do; skipping, CI=true would fail): %v", err)
-	}
+	NeedLocal(t, opts...)
 	srv, err := StartLocal(ctx, opts...)
 	if err != nil {
 		t.Fatalf("pgtest: own cluster: %v", err)
@@ -29,4 +24,23 @@ func Own(t testing.TB, ctx context.Context, opts ...Option) *Server {
 		}
 	})
 	return srv
+}
+
+// NeedLocal skips a test that needs StartLocal when this machine has no
+// server binaries (failing it under CI=true, or when WARMPG_PG_BIN or
+// WithBinDir names binaries that are not there), as Own does.
+func NeedLocal(t testing.TB, opts ...Option) {
+	t.Helper()
+	cfg := newConfig(opts)
+	if _, _, err := findBinaries(cfg.binDir); err != nil {
+		if cfg.binDir != "" || os.Getenv(EnvPGBin) != "" {
+			// Binaries were named, and are not there: a mistake to
+			// report, not a machine to skip on.
+			t.Fatalf("pgtest: own cluster: %v", err)
+		}
+		if os.Getenv(EnvCI) == "true" {
+			t.Fatalf("pgtest: this test needs a private local cluster (CI=true makes this fatal): %v", err)
+		}
+		t.Skipf("pgtest: this test stops, restarts or reconfigures its own server, which needs local PostgreSQL server binaries (a shared, env or container server will not do; skipping, CI=true would fail): %v", err)
+	}
 }

@@ -426,7 +426,7 @@ func TestNoGoroutineLeak(t *testing.T) {
 // TestStartLocalFailure: a server that cannot start gives an error with the
 // end of its log, and leaves nothing behind.
 func TestStartLocalFailure(t *testing.T) {
-	pgtest.Get(t)
+	pgtest.NeedLocal(t)
 	ctx := ctxT(t, time.Minute)
 	srv, err := pgtest.StartLocal(ctx, pgtest.WithSetting("shared_buffers", "'not-a-size'"))
 	if err == nil {
