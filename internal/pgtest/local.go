@@ -109,24 +109,9 @@ func StartLocal(ctx context.Context, opts ...Option) (srv *Server, err error) {
 		}
 	}
 
-	// The free port may be taken by someone else before the server binds
-	// it; then try another.
-	var port int
-	for attempt := 1; ; attempt++ {
-		if port, err = freePort(); err != nil {
-			return nil, err
-		}
-		conf := string(origConf) + c.settings(port, cfg.settings)
-		if err := c.writeFile(confPath, conf); err != nil {
-			return nil, err
-		}
-		err = c.start(ctx)
-		if err == nil {
-			break
-		}
-		if attempt == 3 || !strings.Contains(tailFile(c.logPath, logTailLines), "could not bind") {
-			return nil, err
-		}
+	port, err := c.startOnFreePort(ctx, confPath, origConf, func(port int) string { return c.settings(port, cfg.settings) })
+	if err != nil {
+		return nil, err
 	}
 
 	srv = &Server{
@@ -160,6 +145,29 @@ local   replication  all                       trust
 host    replication  all        127.0.0.1/32   trust
 host    replication  all        ::1/128        trust
 `
+
+// startOnFreePort writes base with settings(port) appended as the
+// cluster's postgresql.conf (confPath) and starts the server. The free port
+// may be taken by someone else before the server binds it; then it tries
+// another, three times in all. It returns the port the server listens on.
+func (c *cluster) startOnFreePort(ctx context.Context, confPath string, base []byte, settings func(port int) string) (int, error) {
+	for attempt := 1; ; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return 0, err
+		}
+		if err := c.writeFile(confPath, string(base)+settings(port)); err != nil {
+			return 0, err
+		}
+		err = c.start(ctx)
+		if err == nil {
+			return port, nil
+		}
+		if attempt == 3 || !strings.Contains(tailFile(c.logPath, logTailLines), "could not bind") {
+			return 0, err
+		}
+	}
+}
 
 // settings returns the postgresql.conf lines appended after initdb's.
 func (c *cluster) settings(port int, extra []param) string {

@@ -123,22 +123,9 @@ func StartStandby(ctx context.Context, primary *Server, opts ...Option) (srv *Se
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 
-	var port int
-	for attempt := 1; ; attempt++ {
-		if port, err = freePort(); err != nil {
-			return nil, err
-		}
-		conf := string(origConf) + c.standbySettings(port, cfg.settings)
-		if err := c.writeFile(confPath, conf); err != nil {
-			return nil, err
-		}
-		err = c.start(ctx)
-		if err == nil {
-			break
-		}
-		if attempt == 3 || !strings.Contains(tailFile(c.logPath, logTailLines), "could not bind") {
-			return nil, err
-		}
+	port, err := c.startOnFreePort(ctx, confPath, origConf, func(port int) string { return c.standbySettings(port, cfg.settings) })
+	if err != nil {
+		return nil, err
 	}
 
 	srv = &Server{
