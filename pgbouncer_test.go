@@ -62,9 +62,10 @@ func (r bouncerLoadResult) String() string {
 	return fmt.Sprintf("%d of %d failed (%s), %d wrong results", r.failed, r.queries, strings.Join(ks, ", "), r.wrong)
 }
 
-// bouncerLoad runs clients goroutines of perClient parameterised queries
-// each on db, all at once, and stops at ctx's end whatever happens.
-func bouncerLoad(ctx context.Context, db *sql.DB, clients, perClient int) bouncerLoadResult {
+// bouncerLoad runs clients goroutines of perClient calls of query each, all
+// at once, and stops at ctx's end whatever happens. query(c, i) runs client
+// c's i-th query and returns what it got and what it should have got.
+func bouncerLoad(ctx context.Context, clients, perClient int, query func(c, i int) (got, want int, err error)) bouncerLoadResult {
 	var mu sync.Mutex
 	res := bouncerLoadResult{kinds: map[string]int{}}
 	var wg sync.WaitGroup
@@ -80,10 +81,7 @@ func bouncerLoad(ctx context.Context, db *sql.DB, clients, perClient int) bounce
 				if ctx.Err() != nil {
 					return
 				}
-				q := bouncerQueries[(c+i)%len(bouncerQueries)]
-				x := c*1000 + i
-				var got int
-				err := db.QueryRowContext(ctx, q.sql, x).Scan(&got)
+				got, want, err := query(c, i)
 				mu.Lock()
 				res.queries++
 				switch {
@@ -93,7 +91,7 @@ func bouncerLoad(ctx context.Context, db *sql.DB, clients, perClient int) bounce
 					if res.first == nil {
 						res.first = err
 					}
-				case got != q.want(x):
+				case got != want:
 					res.wrong++
 				}
 				mu.Unlock()
@@ -102,6 +100,17 @@ func bouncerLoad(ctx context.Context, db *sql.DB, clients, perClient int) bounce
 	}
 	wg.Wait()
 	return res
+}
+
+// bouncerQuery is bouncerLoad's query for db: client c's i-th query is one
+// of bouncerQueries, in turn, with an argument unique to it.
+func bouncerQuery(ctx context.Context, db *sql.DB) func(c, i int) (got, want int, err error) {
+	return func(c, i int) (got, want int, err error) {
+		q := bouncerQueries[(c+i)%len(bouncerQueries)]
+		x := c*1000 + i
+		err = db.QueryRowContext(ctx, q.sql, x).Scan(&got)
+		return got, q.want(x), err
+	}
 }
 
 // bouncerDB opens a warmpg pool through b with params, closed when the
@@ -144,7 +153,7 @@ func TestPgBouncerPreparedStatementBreak(t *testing.T) {
 			ctx := ctxT(t, time.Minute)
 			db := bouncerDB(t, b, append(tc.params, fmt.Sprintf("pool_max_conns=%d", clients))...)
 			start := time.Now()
-			res := bouncerLoad(ctx, db, clients, perClient)
+			res := bouncerLoad(ctx, clients, perClient, bouncerQuery(ctx, db))
 			t.Logf("%s: %v in %v; first error: %v", tc.name, res, time.Since(start).Round(time.Millisecond), res.first)
 			if res.queries != clients*perClient {
 				t.Fatalf("ran %d queries of %d: %v", res.queries, clients*perClient, ctx.Err())
@@ -250,36 +259,11 @@ func TestPgBouncerPreparedStmtConcurrent(t *testing.T) {
 					res.first = err
 				} else {
 					defer stmt.Close()
-					var mu sync.Mutex
-					var wg sync.WaitGroup
-					for c := range clients {
-						wg.Add(1)
-						go func() {
-							defer wg.Done()
-							for i := range perClient {
-								if ctx.Err() != nil {
-									return
-								}
-								x := c*1000 + i
-								var got int
-								err := stmt.QueryRowContext(ctx, x).Scan(&got)
-								mu.Lock()
-								res.queries++
-								switch {
-								case err != nil:
-									res.failed++
-									res.kinds[faultKind(err)]++
-									if res.first == nil {
-										res.first = err
-									}
-								case got != x+1:
-									res.wrong++
-								}
-								mu.Unlock()
-							}
-						}()
-					}
-					wg.Wait()
+					res = bouncerLoad(ctx, clients, perClient, func(c, i int) (got, want int, err error) {
+						x := c*1000 + i
+						err = stmt.QueryRowContext(ctx, x).Scan(&got)
+						return got, x + 1, err
+					})
 				}
 				t.Logf("%s: %v; first error: %v", name, res, res.first)
 				n, err := b.ServerConns(ctx)

@@ -848,22 +848,33 @@ func TestFaultHungServer(t *testing.T) {
 
 	faultThaw(srv)
 	thawedAt := time.Now()
+	rec, after := faultRecovered(t, ctx, db, base, "SIGCONT")
+	t.Logf("frozen for %s", thawedAt.Sub(frozenAt).Round(time.Millisecond))
+	faultTable(t, faultHangHeader, append([]string{fmt.Sprintf("| server frozen (SIGSTOP) | %s | %d | %d | %s | %d → %v → %d | first OK %s after SIGCONT |",
+		p.setting, queries, failed, faultDur(slowest), base, counts, after, faultDur(rec))}, ct...))
+}
+
+// faultRecovered waits, after a hang ended (what: "SIGCONT", "the lift"),
+// until a query on db succeeds, then checks that a burst of faultPoolSize
+// queries all succeed and that the goroutines settle back to within 5 of
+// base, the count before the hang. It returns how long the first success
+// took and the settled goroutine count.
+func faultRecovered(t *testing.T, ctx context.Context, db *sql.DB, base int, what string) (rec time.Duration, after int) {
+	t.Helper()
 	rec, err := faultUntilOK(ctx, db, 10*time.Second)
 	if err != nil {
-		t.Fatalf("the pool did not recover within %s of SIGCONT: %v", rec.Round(time.Millisecond), err)
+		t.Fatalf("the pool did not recover within %s of %s: %v", rec.Round(time.Millisecond), what, err)
 	}
-	log = &faultOpLog{}
+	log := &faultOpLog{}
 	faultBurst(ctx, db, faultPoolSize, 10*time.Second, log)
 	if bad, err := faultFailures(log.all()); bad != 0 {
 		t.Errorf("after recovery %d of %d failed: %v", bad, faultPoolSize, err)
 	}
-	after := faultSettleGoroutines(base+5, 20*time.Second)
+	after = faultSettleGoroutines(base+5, 20*time.Second)
 	if after > base+5 {
-		t.Errorf("%d goroutines 20 s after the thaw, %d before the freeze", after, base)
+		t.Errorf("%d goroutines 20 s after %s, %d before the hang", after, what, base)
 	}
-	t.Logf("frozen for %s", thawedAt.Sub(frozenAt).Round(time.Millisecond))
-	faultTable(t, faultHangHeader, append([]string{fmt.Sprintf("| server frozen (SIGSTOP) | %s | %d | %d | %s | %d → %v → %d | first OK %s after SIGCONT |",
-		p.setting, queries, failed, faultDur(slowest), base, counts, after, faultDur(rec))}, ct...))
+	return rec, after
 }
 
 // TestFaultHungServerLibPQDeadline: with pool_backend=pq a query on a
@@ -957,19 +968,7 @@ func TestFaultBlackHole(t *testing.T) {
 				proxy.CloseConns()
 			}
 			proxy.SetBlackHole(false)
-			rec, err := faultUntilOK(ctx, db, 10*time.Second)
-			if err != nil {
-				t.Fatalf("the pool did not recover within %s: %v", rec.Round(time.Millisecond), err)
-			}
-			log = &faultOpLog{}
-			faultBurst(ctx, db, faultPoolSize, 10*time.Second, log)
-			if bad, err := faultFailures(log.all()); bad != 0 {
-				t.Errorf("after recovery %d of %d failed: %v", bad, faultPoolSize, err)
-			}
-			after := faultSettleGoroutines(base+5, 20*time.Second)
-			if after > base+5 {
-				t.Errorf("%d goroutines after recovery, %d before the black hole", after, base)
-			}
+			rec, after := faultRecovered(t, ctx, db, base, "the lift")
 			rows = append(rows, fmt.Sprintf("| black hole (proxy forwards nothing), %s | %s | %d | %d | %s | %d → %v → %d | first OK %s after the lift |",
 				how, p.setting, queries, failed, faultDur(slowest), base, counts, after, faultDur(rec)))
 		})
