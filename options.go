@@ -149,7 +149,7 @@ func (c *config) log() *slog.Logger {
 // pool_log_level and enabled by the logger's handler. Callers check it
 // before building an event's attributes.
 func (c *config) logs(l slog.Level) bool {
-	return l >= c.logLevel && c.logLevel < LogOff && c.log().Enabled(context.Background(), l)
+	return l >= c.logLevel && c.log().Enabled(context.Background(), l)
 }
 
 // logEvent logs msg at level l with attrs if logs(l).

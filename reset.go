@@ -134,9 +134,7 @@ func (cfg *config) logDiscard(where string, why error) {
 // logEscalation logs, at Debug, a check-mode reuse that had to send
 // something, and why.
 func (cfg *config) logEscalation(out outcome, why string) {
-	if cfg.logs(slog.LevelDebug) {
-		cfg.log().Debug("warmpg: reuse escalated", "outcome", out.String(), "reason", why)
-	}
+	cfg.logEvent(slog.LevelDebug, "warmpg: reuse escalated", "outcome", out.String(), "reason", why)
 }
 
 // outcome is what one reuse cost, the most expensive step counting.
@@ -166,14 +164,8 @@ func (o outcome) String() string {
 
 func (c *conn) reset(ctx context.Context) (outcome, error) {
 	c.disarm()
-	if c.innerClosed() {
-		return outDiscarded, errBadConn("connection closed", nil)
-	}
-	if c.timedOut.Load() {
-		return outDiscarded, errBadConn("a statement's context ended while it ran", nil)
-	}
-	if c.expiredNow() {
-		return outDiscarded, errExpired
+	if err := c.unusable(); err != nil {
+		return outDiscarded, err
 	}
 	switch c.c.cfg.reset {
 	case ResetNone, ResetPing:
@@ -233,8 +225,9 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 //     FATAL;
 //  2. the transaction status: in or after a failed transaction → ROLLBACK
 //     and keep the connection (pgx would discard it and dial anew);
-//  3. the reported settings of reportedParams: changed → discardSQL, and
-//     discard the connection if they are still not as they were.
+//  3. the reported settings of reportedParams: in_hot_standby changed →
+//     see checkServerRole; others changed → discardSQL, and discard the
+//     connection if they are still not as they were.
 //
 // pgx reports transaction status and settings. lib/pq and other drivers
 // report neither, so warmpg reads the statements it passes them instead: a
@@ -275,8 +268,12 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 		out = outRolledBack
 		c.c.cfg.logEscalation(out, "transaction left open")
 	}
-	if err := c.checkServerRole(); err != nil {
-		return outDiscarded, err
+	// in_hot_standby is one of reportedParams: checkServerRole, which may
+	// take it out of the comparison, need only run when something changed.
+	if c.sessionChanged() {
+		if err := c.checkServerRole(); err != nil {
+			return outDiscarded, err
+		}
 	}
 	if c.sessionChanged() {
 		if err := c.exec(ctx, discardSQL); err != nil {
@@ -458,16 +455,7 @@ func (c *conn) exec(ctx context.Context, sql string) error {
 // IsValid runs when a connection goes back to the pool; it does no I/O.
 func (c *conn) IsValid() bool {
 	c.disarm()
-	var why error
-	switch {
-	case c.innerClosed():
-		why = errBadConn("connection closed", nil)
-	case c.expiredNow():
-		why = errExpired
-	case c.timedOut.Load():
-		why = errBadConn("a statement's context ended while it ran", nil)
-	}
-	if why != nil {
+	if why := c.unusable(); why != nil {
 		c.c.cfg.logDiscard("return to pool", why)
 		return false
 	}
@@ -475,6 +463,22 @@ func (c *conn) IsValid() bool {
 		return v.IsValid()
 	}
 	return true
+}
+
+// unusable says, without I/O, why the connection must not be used again:
+// the inner driver closed it, a statement's context ended while it ran
+// (the protocol state is unknown), or its lifetime passed. nil: none of
+// these.
+func (c *conn) unusable() error {
+	switch {
+	case c.innerClosed():
+		return errBadConn("connection closed", nil)
+	case c.timedOut.Load():
+		return errBadConn("a statement's context ended while it ran", nil)
+	case c.expiredNow():
+		return errExpired
+	}
+	return nil
 }
 
 // innerClosed reports, without I/O, whether the inner driver knows its
