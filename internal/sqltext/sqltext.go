@@ -1,0 +1,600 @@
+// Package sqltext reads the text of SQL sent to PostgreSQL and says what it
+// may do beyond returning rows: open or end a transaction, change the
+// session (settings, role, temporary objects, locks, listeners, cursors,
+// prepared statements), or write.
+//
+// It is a lexer, not a parser. It understands what decides where a
+// statement starts and what its words are: -- comments and nested /* */
+// comments, 'strings' (a quote inside doubled), E'strings' (with backslash
+// escapes), "quoted identifiers", $tag$dollar quotes$tag$, $1 parameters,
+// parentheses, and ';' between statements. Standard_conforming_strings is
+// taken to be on (PostgreSQL's default since 9.1): in a plain 'string' a
+// backslash is an ordinary character.
+//
+// The classification is conservative in one direction only: a statement it
+// does not recognise as a plain read counts as a write, and a set_config
+// whose arguments it cannot read counts as changing the session and the
+// role. What happens inside a function, a procedure or a DO block is not in
+// the text and is not seen: SELECT my_function() is a plain read here.
+package sqltext
+
+import "strings"
+
+// Effect is a set of things a statement may do.
+type Effect uint32
+
+const (
+	// Begin: BEGIN or START TRANSACTION; a transaction block may be open
+	// after it.
+	Begin Effect = 1 << iota
+	// End: COMMIT, END, ROLLBACK (not TO SAVEPOINT), ABORT, PREPARE
+	// TRANSACTION.
+	End
+	// Savepoint: SAVEPOINT, RELEASE, ROLLBACK TO.
+	Savepoint
+	// Setting: a session-level setting changed: SET or RESET (not LOCAL),
+	// SET SESSION CHARACTERISTICS, set_config(…, false), DISCARD.
+	Setting
+	// LocalSetting: a setting changed until the transaction ends: SET
+	// LOCAL, SET TRANSACTION, SET CONSTRAINTS, set_config(…, true).
+	LocalSetting
+	// Role: who the session is changed, for the session: SET ROLE, SET
+	// SESSION AUTHORIZATION, RESET ROLE, RESET SESSION AUTHORIZATION,
+	// DISCARD ALL, set_config('role' or 'session_authorization', …, false).
+	Role
+	// TempObject: CREATE TEMP/TEMPORARY …, or a CREATE naming pg_temp.
+	TempObject
+	// AdvisoryLock: a session-level advisory lock function
+	// (pg_advisory_lock, pg_try_advisory_lock_shared, …, and the unlocks).
+	AdvisoryLock
+	// Listen: LISTEN or UNLISTEN.
+	Listen
+	// HoldCursor: DECLARE … WITH HOLD, a cursor that outlives its
+	// transaction.
+	HoldCursor
+	// Prepare: PREPARE, DEALLOCATE, DISCARD ALL: SQL-level prepared
+	// statements.
+	Prepare
+	// Lock: row or table locks that last until the transaction ends: FOR
+	// UPDATE / NO KEY UPDATE / SHARE / KEY SHARE, LOCK, the
+	// transaction-level advisory lock functions.
+	Lock
+	// Write: anything that is not a plain read: INSERT, UPDATE, DELETE,
+	// MERGE, COPY, DDL, CALL, DO, SELECT INTO, nextval/setval, EXPLAIN
+	// ANALYZE of a write, DECLARE (a cursor needs a transaction block), and
+	// every statement this package does not know.
+	Write
+)
+
+// SessionState is every effect that outlives the transaction it ran in.
+const SessionState = Setting | Role | TempObject | AdvisoryLock | Listen | HoldCursor | Prepare
+
+// Info is what Scan found in a text.
+type Info struct {
+	// Effects is the union of every statement's effects.
+	Effects Effect
+	// Statements is how many statements the text holds (empty ones, such as
+	// a lone ';' or a comment, not counted).
+	Statements int
+}
+
+// Has reports whether the text may do any of e.
+func (i Info) Has(e Effect) bool { return i.Effects&e != 0 }
+
+// PlainRead reports whether every statement is a plain read: SELECT,
+// WITH, VALUES, TABLE, SHOW, EXPLAIN (without ANALYZE of a write), FETCH,
+// MOVE or CLOSE, taking no locks and changing no setting that the text
+// shows.
+func (i Info) PlainRead() bool { return i.Effects == 0 }
+
+// Scan reads sql, which may hold several statements separated by ';'.
+func Scan(sql string) Info {
+	var info Info
+	var l lexer
+	l.s = sql
+	var stmt []token
+	for {
+		t := l.next()
+		if t.kind == tEOF || (t.kind == tSemicolon && l.depth == 0) {
+			if len(stmt) > 0 {
+				info.Statements++
+				info.Effects |= classify(stmt)
+				stmt = stmt[:0]
+			}
+			if t.kind == tEOF {
+				return info
+			}
+			continue
+		}
+		stmt = append(stmt, t)
+	}
+}
+
+type kind uint8
+
+const (
+	tEOF       kind = iota
+	tWord           // a keyword or unquoted identifier, in lower case
+	tQuoted         // a "quoted identifier", its content as written
+	tString         // a string constant ('…', E'…', $$…$$), its content undecoded
+	tParam          // $1
+	tNumber         // 42, 1.5e3
+	tOpen           // (
+	tClose          // )
+	tComma          // ,
+	tSemicolon      // ;
+	tOther          // any other operator or punctuation
+)
+
+type token struct {
+	kind kind
+	text string
+}
+
+type lexer struct {
+	s     string
+	i     int
+	depth int // parentheses open
+	// open: the text ended inside a string, quoted identifier, dollar
+	// quote or block comment.
+	open bool
+}
+
+func isIdentStart(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
+}
+
+func isIdentChar(c byte) bool {
+	return isIdentStart(c) || c >= '0' && c <= '9' || c == '$'
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+func (l *lexer) next() token {
+	s := l.s
+	for l.i < len(s) {
+		c := s[l.i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			l.i++
+		case c == '-' && l.i+1 < len(s) && s[l.i+1] == '-':
+			if nl := strings.IndexByte(s[l.i:], '\n'); nl >= 0 {
+				l.i += nl + 1
+			} else {
+				l.i = len(s)
+			}
+		case c == '/' && l.i+1 < len(s) && s[l.i+1] == '*':
+			l.skipBlockComment()
+		case c == '\'':
+			return l.quoted('\'', false)
+		case (c == 'e' || c == 'E') && l.i+1 < len(s) && s[l.i+1] == '\'':
+			l.i++
+			return l.quoted('\'', true)
+		case (c == 'u' || c == 'U') && l.i+2 < len(s) && s[l.i+1] == '&' && (s[l.i+2] == '\'' || s[l.i+2] == '"'):
+			// U&'…' and U&"…": unicode escapes are \XXXX, and a quote
+			// is doubled as usual.
+			l.i += 2
+			if s[l.i] == '"' {
+				return l.quoted('"', false)
+			}
+			return l.quoted('\'', false)
+		case (c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') && l.i+1 < len(s) && s[l.i+1] == '\'':
+			l.i++
+			return l.quoted('\'', false)
+		case c == '"':
+			return l.quoted('"', false)
+		case c == '$':
+			if t, ok := l.dollar(); ok {
+				return t
+			}
+			l.i++
+			return token{kind: tOther, text: "$"}
+		case isIdentStart(c):
+			start := l.i
+			for l.i < len(s) && isIdentChar(s[l.i]) {
+				l.i++
+			}
+			return token{kind: tWord, text: strings.ToLower(s[start:l.i])}
+		case isDigit(c) || c == '.' && l.i+1 < len(s) && isDigit(s[l.i+1]):
+			start := l.i
+			for l.i < len(s) && (isIdentChar(s[l.i]) || s[l.i] == '.') {
+				l.i++
+			}
+			return token{kind: tNumber, text: s[start:l.i]}
+		case c == '(':
+			l.i++
+			l.depth++
+			return token{kind: tOpen, text: "("}
+		case c == ')':
+			l.i++
+			if l.depth > 0 {
+				l.depth--
+			}
+			return token{kind: tClose, text: ")"}
+		case c == ',':
+			l.i++
+			return token{kind: tComma, text: ","}
+		case c == ';':
+			l.i++
+			return token{kind: tSemicolon, text: ";"}
+		default:
+			l.i++
+			return token{kind: tOther, text: s[l.i-1 : l.i]}
+		}
+	}
+	return token{kind: tEOF}
+}
+
+// skipBlockComment skips a /* */ comment, which nests.
+func (l *lexer) skipBlockComment() {
+	s := l.s
+	depth := 0
+	for l.i < len(s) {
+		switch {
+		case strings.HasPrefix(s[l.i:], "/*"):
+			depth++
+			l.i += 2
+		case strings.HasPrefix(s[l.i:], "*/"):
+			depth--
+			l.i += 2
+			if depth == 0 {
+				return
+			}
+		default:
+			l.i++
+		}
+	}
+	l.open = true
+}
+
+// quoted reads a string or quoted identifier starting at the quote q at
+// l.i; a doubled q stands for itself, and with backslash a backslash
+// escapes the next byte. An unterminated one runs to the end of the text.
+func (l *lexer) quoted(q byte, backslash bool) token {
+	s := l.s
+	l.i++
+	start := l.i
+	for l.i < len(s) {
+		c := s[l.i]
+		switch {
+		case backslash && c == '\\' && l.i+1 < len(s):
+			l.i += 2
+		case c == q && l.i+1 < len(s) && s[l.i+1] == q:
+			l.i += 2
+		case c == q:
+			text := s[start:l.i]
+			l.i++
+			if q == '"' {
+				return token{kind: tQuoted, text: strings.ReplaceAll(text, `""`, `"`)}
+			}
+			return token{kind: tString, text: text}
+		default:
+			l.i++
+		}
+	}
+	l.open = true
+	if q == '"' {
+		return token{kind: tQuoted, text: s[start:]}
+	}
+	return token{kind: tString, text: s[start:]}
+}
+
+// dollar reads, at a '$', a parameter ($1) or a dollar-quoted string
+// ($$…$$, $tag$…$tag$). ok is false for a lone '$'.
+func (l *lexer) dollar() (token, bool) {
+	s := l.s
+	j := l.i + 1
+	if j < len(s) && isDigit(s[j]) {
+		for j < len(s) && isDigit(s[j]) {
+			j++
+		}
+		t := token{kind: tParam, text: s[l.i:j]}
+		l.i = j
+		return t, true
+	}
+	// A tag is an identifier without '$'.
+	for j < len(s) && isIdentChar(s[j]) && s[j] != '$' {
+		j++
+	}
+	if j >= len(s) || s[j] != '$' {
+		return token{}, false
+	}
+	if j > l.i+1 && isDigit(s[l.i+1]) {
+		return token{}, false
+	}
+	tag := s[l.i : j+1]
+	body := j + 1
+	end := strings.Index(s[body:], tag)
+	if end < 0 {
+		l.i = len(s)
+		l.open = true
+		return token{kind: tString, text: s[body:]}, true
+	}
+	l.i = body + end + len(tag)
+	return token{kind: tString, text: s[body : body+end]}, true
+}
+
+// reads are the statements that only read, unless their words say more.
+var reads = map[string]bool{
+	"select": true, "with": true, "values": true, "table": true, "show": true,
+	"explain": true, "fetch": true, "move": true, "close": true,
+}
+
+// writeWords in a read statement make it a write: a data-modifying WITH,
+// SELECT INTO (which creates a table), EXPLAIN ANALYZE of a write, or
+// sequence functions.
+var writeWords = map[string]bool{
+	"insert": true, "update": true, "delete": true, "merge": true, "into": true,
+	"nextval": true, "setval": true, "copy": true, "truncate": true,
+}
+
+// classify returns the effects of one statement's tokens.
+func classify(t []token) Effect {
+	w := func(i int) string {
+		if i < len(t) && t[i].kind == tWord {
+			return t[i].text
+		}
+		return ""
+	}
+	var e Effect
+	// A parenthesised query starts with '(': its first word is inside.
+	for len(t) > 0 && t[0].kind == tOpen {
+		t = t[1:]
+	}
+	first := w(0)
+	switch first {
+	case "begin", "start":
+		e |= Begin
+	case "commit", "end", "abort":
+		if w(1) == "prepared" {
+			break // COMMIT PREPARED 'id': another, prepared transaction
+		}
+		e |= End
+	case "rollback":
+		switch {
+		case w(1) == "prepared":
+		case hasWord(t[1:], "to"):
+			e |= Savepoint
+		default:
+			e |= End
+		}
+	case "prepare":
+		if w(1) == "transaction" {
+			e |= End
+		} else {
+			e |= Prepare
+		}
+	case "savepoint", "release":
+		e |= Savepoint
+	case "deallocate":
+		e |= Prepare
+	case "set":
+		e |= classifySet(w)
+	case "reset":
+		e |= Setting
+		switch w(1) {
+		case "role":
+			e |= Role
+		case "session":
+			if w(2) == "authorization" {
+				e |= Role
+			}
+		}
+	case "discard":
+		e |= Setting
+		switch w(1) {
+		case "all":
+			e |= Role | Prepare | TempObject | AdvisoryLock | Listen | HoldCursor
+		case "temp", "temporary":
+			e |= TempObject
+		}
+	case "listen", "unlisten":
+		e |= Listen
+	case "declare":
+		// A cursor needs a transaction block (WITH HOLD: it outlives it).
+		e |= Write
+		if hasPair(t, "with", "hold") {
+			e |= HoldCursor
+		}
+	case "lock":
+		e |= Lock
+	case "create":
+		e |= Write
+		for i := 1; i < len(t) && i < 4; i++ {
+			switch w(i) {
+			case "temp", "temporary":
+				e |= TempObject
+			}
+		}
+		if hasWord(t, "pg_temp") {
+			e |= TempObject
+		}
+	default:
+		if !reads[first] {
+			e |= Write
+		}
+	}
+	if reads[first] {
+		for _, tk := range t[1:] {
+			if tk.kind == tWord && writeWords[tk.text] {
+				e |= Write
+				break
+			}
+		}
+	}
+	if locksRows(t) {
+		e |= Lock
+	}
+	e |= functionEffects(t)
+	return e
+}
+
+// classifySet classifies SET …; w(i) is the statement's i-th word.
+func classifySet(w func(int) string) Effect {
+	switch w(1) {
+	case "local", "transaction", "constraints":
+		return LocalSetting
+	case "role":
+		return Setting | Role
+	case "session":
+		switch w(2) {
+		case "authorization", "role":
+			return Setting | Role
+		case "characteristics":
+			return Setting
+		}
+		// SET SESSION name = …: the same as SET name.
+		if w(2) == "session_authorization" {
+			return Setting | Role
+		}
+		return Setting
+	case "session_authorization":
+		return Setting | Role
+	}
+	return Setting
+}
+
+// locksRows reports FOR UPDATE, FOR NO KEY UPDATE, FOR SHARE, FOR KEY SHARE.
+func locksRows(t []token) bool {
+	for i := 0; i+1 < len(t); i++ {
+		if t[i].kind != tWord || t[i].text != "for" || t[i+1].kind != tWord {
+			continue
+		}
+		switch t[i+1].text {
+		case "update", "share":
+			return true
+		case "no", "key":
+			return true
+		}
+	}
+	return false
+}
+
+// functionEffects finds calls of the functions whose effects the text can
+// tell: set_config and the advisory lock functions.
+func functionEffects(t []token) Effect {
+	var e Effect
+	for i := 0; i+1 < len(t); i++ {
+		if t[i+1].kind != tOpen || (t[i].kind != tWord && t[i].kind != tQuoted) {
+			continue
+		}
+		name := t[i].text
+		if t[i].kind == tQuoted {
+			name = strings.ToLower(name)
+		}
+		switch {
+		case name == "set_config":
+			e |= setConfigEffects(args(t[i+2:]))
+		case name == "nextval" || name == "setval":
+			e |= Write
+		case strings.HasPrefix(name, "pg_advisory_") || strings.HasPrefix(name, "pg_try_advisory_"):
+			if strings.Contains(name, "_xact_") {
+				e |= Lock
+			} else {
+				e |= AdvisoryLock
+			}
+		}
+	}
+	return e
+}
+
+// setConfigEffects classifies set_config(name, value, is_local) from its
+// argument tokens.
+func setConfigEffects(a [][]token) Effect {
+	local, known := false, false
+	if len(a) == 3 && len(a[2]) == 1 {
+		switch tk := a[2][0]; {
+		case tk.kind == tWord && tk.text == "true":
+			local, known = true, true
+		case tk.kind == tWord && tk.text == "false":
+			known = true
+		case tk.kind == tString:
+			switch strings.ToLower(tk.text) {
+			case "t", "true", "on", "yes", "y", "1":
+				local, known = true, true
+			case "f", "false", "off", "no", "n", "0":
+				known = true
+			}
+		}
+	}
+	if known && local {
+		return LocalSetting
+	}
+	e := Setting
+	if !known {
+		e |= LocalSetting
+	}
+	if len(a) == 0 || len(a[0]) != 1 || a[0][0].kind != tString {
+		return e | Role // the name is not in the text: it may be role
+	}
+	switch strings.ToLower(a[0][0].text) {
+	case "role", "session_authorization":
+		e |= Role
+	}
+	return e
+}
+
+// args splits the tokens after a function's '(' into its arguments, up to
+// the matching ')'.
+func args(t []token) [][]token {
+	var out [][]token
+	var cur []token
+	depth := 0
+	for _, tk := range t {
+		switch tk.kind {
+		case tOpen:
+			depth++
+		case tClose:
+			if depth == 0 {
+				if len(cur) > 0 || len(out) > 0 {
+					out = append(out, cur)
+				}
+				return out
+			}
+			depth--
+		case tComma:
+			if depth == 0 {
+				out = append(out, cur)
+				cur = nil
+				continue
+			}
+		}
+		cur = append(cur, tk)
+	}
+	return append(out, cur)
+}
+
+func hasWord(t []token, word string) bool {
+	for _, tk := range t {
+		if tk.kind == tWord && tk.text == word {
+			return true
+		}
+	}
+	return false
+}
+
+func hasPair(t []token, a, b string) bool {
+	for i := 0; i+1 < len(t); i++ {
+		if t[i].kind == tWord && t[i].text == a && t[i+1].kind == tWord && t[i+1].text == b {
+			return true
+		}
+	}
+	return false
+}
+
+// String names the effects, "|"-separated; "read" for none.
+func (e Effect) String() string {
+	if e == 0 {
+		return "read"
+	}
+	var out []string
+	for i, n := range effectNames {
+		if e&(1<<i) != 0 {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, "|")
+}
+
+var effectNames = []string{"Begin", "End", "Savepoint", "Setting", "LocalSetting", "Role", "TempObject",
+	"AdvisoryLock", "Listen", "HoldCursor", "Prepare", "Lock", "Write"}

@@ -1,0 +1,220 @@
+package sqltext
+
+import "testing"
+
+func TestScanEffects(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		want Effect
+	}{
+		// Plain reads.
+		{"select 1", 0},
+		{"SELECT * FROM t WHERE id = $1", 0},
+		{"  (select 1) union (select 2)", 0},
+		{"with x as (select 1) select * from x", 0},
+		{"values (1), (2)", 0},
+		{"table t", 0},
+		{"show search_path", 0},
+		{"explain select 1", 0},
+		{"fetch 10 from c", 0},
+		{"", 0},
+		{";;  ;", 0},
+		{"-- only a comment", 0},
+		{"select 'begin; set role x'", 0},
+		{"select $$; set role x; $$", 0},
+		{"select $tag$ $$ ; begin $tag$", 0},
+		{`select "set_config"`, 0},
+		{"select 1 -- ; set role x", 0},
+		{"select 1 /* ; begin */", 0},
+		{"select 1 /* a /* nested ; begin */ still ; set role x */", 0},
+		{`select E'it\'s ; begin'`, 0},
+		{"select 'it''s ; begin'", 0},
+		{`select U&'d\0061t\+000061 ; begin'`, 0},
+		{`select "weird ""; begin"" name" from t`, 0},
+		{"select current_setting('role')", 0},
+		{"select my_function()", 0}, // not in the text: documented
+
+		// Transactions.
+		{"BEGIN", Begin},
+		{"/* req=1; user=2 */ BEGIN", Begin},
+		{"/* x /* y */ z */ BEGIN", Begin},
+		{"-- hi\nbegin isolation level serializable", Begin},
+		{"start transaction read only", Begin},
+		{"commit", End},
+		{"end", End},
+		{"abort", End},
+		{"rollback", End},
+		{"rollback to savepoint a", Savepoint},
+		{"rollback to a", Savepoint},
+		{"savepoint a", Savepoint},
+		{"release savepoint a", Savepoint},
+		{"prepare transaction 'x'", End},
+		{"commit prepared 'x'", 0},
+		{"rollback prepared 'x'", 0},
+		{"select 1; begin", Begin},
+		{"begin; insert into t values (1); commit", Begin | Write | End},
+
+		// Settings and role.
+		{"SET search_path = s1", Setting},
+		{"set statement_timeout = '1s'", Setting},
+		{"SET default_transaction_isolation = 'serializable'", Setting},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", Setting},
+		{"set session statement_timeout = 1", Setting},
+		{"SET TIME ZONE 'UTC'", Setting},
+		{"set local statement_timeout = '100ms'", LocalSetting},
+		{"set transaction isolation level serializable", LocalSetting},
+		{"set constraints all deferred", LocalSetting},
+		{"SET ROLE tenant_a", Setting | Role},
+		{"set role = tenant_a", Setting | Role},
+		{"set session role tenant_a", Setting | Role},
+		{"SET SESSION AUTHORIZATION app", Setting | Role},
+		{"set session_authorization = app", Setting | Role},
+		{"set local role tenant_a", LocalSetting},
+		{"reset role", Setting | Role},
+		{"reset session authorization", Setting | Role},
+		{"reset all", Setting},
+		{"reset search_path", Setting},
+		{"discard all", Setting | Role | Prepare | TempObject | AdvisoryLock | Listen | HoldCursor},
+		{"discard temp", Setting | TempObject},
+		{"discard plans", Setting},
+		{"SELECT set_config('role','tenant_a',false)", Setting | Role},
+		{"select set_config('ROLE', 'tenant_a', 'off')", Setting | Role},
+		{"select pg_catalog.set_config('app.tenant_id', '2', false)", Setting},
+		{"select set_config('app.tenant_id', '2', true)", LocalSetting},
+		{"select set_config('role', 'x', true)", LocalSetting},
+		{"SELECT set_config('role',$1,false)", Setting | Role},
+		{"SELECT set_config($1,$2,false)", Setting | Role},
+		{"SELECT set_config('app.x',$1,$2)", Setting | LocalSetting},
+		{`select "set_config"('app.x', '1', false)`, Setting},
+		{"select set_config('app.x', lower('A'), (select false))", Setting | LocalSetting},
+
+		// Other session state.
+		{"CREATE TEMP TABLE t (id int)", Write | TempObject},
+		{"create temporary table t as select 1", Write | TempObject},
+		{"create local temp table t (id int)", Write | TempObject},
+		{"create table pg_temp.t (id int)", Write | TempObject},
+		{"create table t (id int)", Write},
+		{"select pg_advisory_lock(1)", AdvisoryLock},
+		{"select pg_try_advisory_lock_shared(1, 2)", AdvisoryLock},
+		{"select pg_advisory_unlock_all()", AdvisoryLock},
+		{"select pg_advisory_xact_lock(1)", Lock},
+		{"LISTEN chan", Listen},
+		{"unlisten *", Listen},
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", Write | HoldCursor},
+		{"declare c cursor for select 1", Write},
+		{"PREPARE p AS SELECT 1", Prepare},
+		{"deallocate p", Prepare},
+		{"deallocate all", Prepare},
+
+		// Writes and locks: not plain reads.
+		{"insert into t values (1)", Write},
+		{"update t set x = 1", Write},
+		{"delete from t", Write},
+		{"merge into t using s on true when matched then do nothing", Write},
+		{"copy t from stdin", Write},
+		{"COPY (select 1) TO STDOUT", Write},
+		{"call p()", Write},
+		{"do $$ begin perform 1; end $$", Write},
+		{"truncate t", Write},
+		{"alter table t add column y int", Write},
+		{"drop table t", Write},
+		{"vacuum", Write},
+		{"select * into t2 from t", Write},
+		{"with d as (delete from t returning *) select * from d", Write},
+		{"explain analyze insert into t values (1)", Write},
+		{"select nextval('s')", Write},
+		{"select setval('s', 1)", Write},
+		{"select * from t for update", Write | Lock},
+		{"select * from t for no key update", Write | Lock},
+		{"select * from t for share", Lock},
+		{"select * from t for key share", Lock},
+		{"lock table t", Lock},
+		{"frobnicate", Write},
+		{"$1", Write},
+	} {
+		if got := Scan(tc.sql).Effects; got != tc.want {
+			t.Errorf("Scan(%q).Effects = %s, want %s", tc.sql, got, tc.want)
+		}
+	}
+}
+
+func TestScanStatements(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		want int
+	}{
+		{"", 0},
+		{"select 1", 1},
+		{"select 1;", 1},
+		{"select 1; select 2", 2},
+		{"select 1;;select 2;", 2},
+		{"select ';'; select \";\"", 2},
+		{"select $$;$$; select $a$;$a$", 2},
+		{"select 1 /* ; */; -- ;\nselect 2", 2},
+		{"create rule r as on insert to t do also (insert into u values (1); insert into u values (2))", 1},
+		{"select 'unterminated; begin", 1},
+		{"select $$unterminated; begin", 1},
+		{"select 1 /* unterminated ; begin", 1},
+	} {
+		if got := Scan(tc.sql).Statements; got != tc.want {
+			t.Errorf("Scan(%q).Statements = %d, want %d", tc.sql, got, tc.want)
+		}
+	}
+}
+
+func TestPlainRead(t *testing.T) {
+	if !Scan("select 1").PlainRead() {
+		t.Error("select 1 is a plain read")
+	}
+	if Scan("select 1 for update").PlainRead() {
+		t.Error("FOR UPDATE is not a plain read")
+	}
+	if !Scan("select 1").Has(0) == Scan("select 1").Has(Write) {
+		t.Error("Has")
+	}
+	if !Scan("set role x").Has(SessionState) {
+		t.Error("SET ROLE changes session state")
+	}
+	if Scan("set local role x").Has(SessionState) {
+		t.Error("SET LOCAL changes no session state")
+	}
+}
+
+// FuzzScan checks what must hold for any text: no panic, and a text's
+// effects are those of its statements: appending "; select 1" neither adds
+// nor removes any (unless the text leaves a string, identifier or comment
+// open, which would swallow it).
+func FuzzScan(f *testing.F) {
+	for _, s := range []string{
+		"select 1", "/* x /* y */ z */ BEGIN", "select $$;$$; begin", `select E'\'' ; set role x`,
+		"select set_config('role', $1, false)", "declare c cursor with hold for select 1",
+		`U&"a""b"`, "$1$2$$", "select 'a'; commit", "(", ")))", "--",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		a := Scan(s)
+		if a.Statements < 0 {
+			t.Fatal("negative count")
+		}
+		if !closedText(s) {
+			return
+		}
+		b := Scan(s + "\n; select 1")
+		if b.Effects != a.Effects {
+			t.Fatalf("Scan(%q) = %s but with a select appended %s", s, a.Effects, b.Effects)
+		}
+		if b.Statements != a.Statements+1 {
+			t.Fatalf("Scan(%q) counts %d statements but with a select appended %d", s, a.Statements, b.Statements)
+		}
+	})
+}
+
+// closedText reports whether s ends outside any string, identifier,
+// dollar quote, block comment and parenthesis.
+func closedText(s string) bool {
+	l := lexer{s: s}
+	for l.next().kind != tEOF {
+	}
+	return !l.open && l.depth == 0
+}
