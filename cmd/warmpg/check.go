@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/warmpg/warmpg"
@@ -24,7 +26,16 @@ and says whether a pool of -pool connections in each of -instances fits,
 the pool size the formula suggests for -rps and -query-time
 (pool ≈ peak requests/s × average query seconds × 1.5), whether a pooler
 such as PgBouncer is advisable, how long warming will take, and a DSN with
-pool_* keys to use. It only reads; the password is never printed.
+pool_* keys to use.
+
+Its advice leaves room for -deploy-surge more instances (a rolling deploy
+opens the new pools before the old ones close) and keeps -reserve slots free
+for other clients of the server (psql, migrations, other services; by default
+a tenth of the slots ordinary roles may use, at least 5). The warm-time
+estimate comes from connects it times, one at a time and a few at once.
+
+It opens a few connections (at most 8 at once) and only reads; the password is
+never printed.
 `
 
 // checkConfig is check's flags.
@@ -34,6 +45,8 @@ type checkConfig struct {
 	rps       float64
 	queryTime time.Duration
 	pool      int
+	surge     int
+	reserve   int
 	timeout   time.Duration
 }
 
@@ -44,6 +57,8 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&c.rps, "rps", 0, "peak requests per second over all instances, one query each (with -query-time)")
 	fs.DurationVar(&c.queryTime, "query-time", 0, "average query time, e.g. 20ms (with -rps)")
 	fs.intIn(&c.pool, "pool", 0, 0, warmpg.MaxPoolSize, "connections per instance (0: the DSN's pool_max_conns, else the formula's)")
+	fs.intIn(&c.surge, "deploy-surge", 1, 0, 10000, "extra instances running during a rolling deploy, whose pools the server must also hold")
+	fs.intIn(&c.reserve, "reserve", -1, -1, warmpg.MaxPoolSize*10, "slots to leave free for other clients (-1: a tenth of the slots, at least 5)")
 	fs.durationIn(&c.timeout, "timeout", 10*time.Second, time.Millisecond, 5*time.Minute, "how long to wait for the server")
 	pos, err := fs.parse(args)
 	if err != nil {
@@ -72,9 +87,12 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if pool == 0 {
 		pool, poolFrom = dsnPool(d)
 	}
-	parallelism := 0
+	parallelism, warmN := 0, 0
 	if v, ok := d.get("pool_warm_parallelism"); ok {
-		parallelism, _ = strconv.Atoi(v)
+		parallelism, _ = strconv.Atoi(strings.TrimSpace(v))
+	}
+	if v, ok := d.get("pool_max_idle_conns"); ok {
+		warmN, _ = strconv.Atoi(strings.TrimSpace(v))
 	}
 	// Read only; open nothing in the background, fail at once on a refused
 	// connection (the timeout bounds the rest).
@@ -93,13 +111,17 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("check: %w", err)
 	}
-	connectTime, err := measureConnect(ctx, conn, 3)
+	// The burst stays within the slots free now, leaving one.
+	l := info.limits
+	k := min(sampleBurst, max(1, l.maxConnections-l.superuserReserved-l.reserved-l.inUse-1))
+	sample, connectTime, err := measureConnects(ctx, conn, 3, k, 2)
 	if err != nil {
 		return fmt.Errorf("check: %w", err)
 	}
 	s := size(info.limits, demand{
 		instances: c.instances, pool: pool, rps: c.rps, queryTime: c.queryTime,
-		connectTime: connectTime, parallelism: parallelism,
+		connectTime: connectTime, parallelism: parallelism, surge: c.surge, reserve: c.reserve,
+		warm: warmN, sample: sample,
 	})
 	if poolFrom == "" && s.suggested > 0 {
 		poolFrom = "the formula"
@@ -242,21 +264,60 @@ func connectError(err error) error {
 	return fmt.Errorf("cannot connect: %w", err)
 }
 
-// measureConnect opens n connections one after another, each a full
-// connect (TCP, TLS if asked, authentication, backend start), and returns
-// the median time.
-func measureConnect(ctx context.Context, c driver.Connector, n int) (time.Duration, error) {
-	var ds []time.Duration
+// measureConnects times n connects one after another, each a full connect
+// (TCP, TLS if asked, authentication, backend start), then bursts of k
+// connects at once; it returns what it saw and the median single connect.
+func measureConnects(ctx context.Context, c driver.Connector, n, k, bursts int) (connectSample, time.Duration, error) {
+	var ones, burstTimes []time.Duration
 	for range n {
 		start := time.Now()
 		dc, err := c.Connect(ctx)
 		if err != nil {
-			return 0, connectError(err)
+			return connectSample{}, 0, connectError(err)
 		}
-		ds = append(ds, time.Since(start))
+		ones = append(ones, time.Since(start))
 		dc.Close()
 	}
-	return medianDuration(ds), nil
+	sm := connectSample{oneMin: slices.Min(ones), oneMax: slices.Max(ones)}
+	if k < 2 {
+		return sm, medianDuration(ones), nil
+	}
+	for range bursts {
+		d, err := connectBurst(ctx, c, k)
+		if err != nil {
+			return connectSample{}, 0, err
+		}
+		burstTimes = append(burstTimes, d)
+	}
+	sm.k, sm.burstMin, sm.burstMax = k, slices.Min(burstTimes), slices.Max(burstTimes)
+	return sm, medianDuration(ones), nil
+}
+
+// connectBurst opens k connections at once and returns the time until the
+// last one was open; it closes them all.
+func connectBurst(ctx context.Context, c driver.Connector, k int) (time.Duration, error) {
+	conns := make([]driver.Conn, k)
+	errs := make([]error, k)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range k {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conns[i], errs[i] = c.Connect(ctx)
+		}()
+	}
+	wg.Wait()
+	d := time.Since(start)
+	for _, dc := range conns {
+		if dc != nil {
+			dc.Close()
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return 0, fmt.Errorf("%d connects at once: %w", k, err)
+	}
+	return d, nil
 }
 
 func medianDuration(ds []time.Duration) time.Duration {
@@ -313,10 +374,17 @@ func report(w io.Writer, c checkConfig, d *dsn, info *serverInfo, s sizing, pool
 	sz.add("pool per instance", fmt.Sprintf("%d (from %s)", s.pool, poolFrom))
 	sz.add("instances", strconv.Itoa(c.instances))
 	sz.add("pool × instances", strconv.Itoa(s.total))
+	sz.add("instances during a deploy", fmt.Sprintf("%d = %d + %d (-deploy-surge)", c.instances+s.surge, c.instances, s.surge))
+	sz.add("peak during a deploy", strconv.Itoa(s.peak))
+	reserveFrom := "-reserve"
+	if c.reserve < 0 {
+		reserveFrom = fmt.Sprintf("%d%% of the slots, at least %d; -reserve to change", defaultReservePct, defaultReserveMin)
+	}
+	sz.add("left for other clients", fmt.Sprintf("%d (%s)", s.reserve, reserveFrom))
 	if s.fits {
-		sz.add("fits", fmt.Sprintf("yes: %d of %d free slots", s.total, s.free))
+		sz.add("fits", fmt.Sprintf("yes: a peak of %d in %d free slots, %d left for other clients", s.peak, s.free, s.free-s.peak))
 	} else {
-		sz.add("fits", fmt.Sprintf("NO: exceeds the %s; at most %d per instance fit", s.limitedBy, s.maxFit))
+		sz.add("fits", fmt.Sprintf("NO: the peak exceeds the %s; at most %d per instance fit", s.limitedBy, s.maxFit))
 	}
 	verdict := "ok"
 	if !s.guideOK {
@@ -340,9 +408,17 @@ func report(w io.Writer, c checkConfig, d *dsn, info *serverInfo, s sizing, pool
 
 	warm := table{title: "Warming", head: []string{"step", "time ms"}}
 	warm.add("one connect (median of 3, measured)", msec(s.connect))
-	warm.add(fmt.Sprintf("%d connections one by one", s.pool), msec(s.oneByOne))
-	warm.add(fmt.Sprintf("%d with warmpg.WarmDB, %d at once", s.pool, s.atOnce), msec(s.warmDB))
-	warm.notes = append(warm.notes, "WarmDB's figure is a lower bound: the server forks a backend and checks a password per connection, so concurrent connects cost its CPU too")
+	if s.perConnHi > 0 {
+		warm.add("server's cost of each more connect at once (measured)", msRange(s.perConnLow, s.perConnHi))
+	}
+	warm.add(fmt.Sprintf("%d connections one by one", s.warmN), msec(s.oneByOne))
+	warm.add(fmt.Sprintf("%d with warmpg.WarmDB, %d at once (estimate)", s.warmN, s.atOnce), msRange(s.warmLow, s.warmHigh))
+	if c.instances > 1 {
+		warm.add(fmt.Sprintf("%d instances warming at once (estimate)", c.instances), msRange(s.fleetLow, s.fleetHigh))
+	}
+	warm.notes = append(warm.notes,
+		"estimate: the longer of ceil(connections / at once) connects in a row, and one connect plus the server's cost of each other one",
+		"a server busy with other work takes longer: it forks a process and checks a password per connection")
 	warm.print(w)
 
 	rec := s.pool
@@ -357,6 +433,17 @@ func report(w io.Writer, c checkConfig, d *dsn, info *serverInfo, s sizing, pool
 	fmt.Fprintln(w, "Recommended DSN (password redacted)")
 	fmt.Fprintln(w, d.String())
 	if !s.fits && s.maxFit > 0 {
-		fmt.Fprintf(w, "  pool cut to %d per instance to fit; better: a pooler, or raise max_connections\n", rec)
+		fmt.Fprintf(w, "  pool cut to %d per instance to fit %d instances during a deploy and leave %d slots for other clients; better: a pooler, or raise max_connections\n",
+			rec, c.instances+s.surge, s.reserve)
 	}
+}
+
+// msRange formats a range of durations in ms, "12.1–15.3", or one number
+// when both ends print the same.
+func msRange(lo, hi time.Duration) string {
+	a, b := msec(lo), msec(hi)
+	if a == b {
+		return a
+	}
+	return a + "–" + b
 }

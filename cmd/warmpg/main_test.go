@@ -94,6 +94,21 @@ func number(t *testing.T, cell string) float64 {
 	return v
 }
 
+// rangeCell parses "12.1–15.3" or "12.1" (low = high) and checks that the
+// ends are positive and in order.
+func rangeCell(t *testing.T, cell string) [2]float64 {
+	t.Helper()
+	lo, hi, ok := strings.Cut(cell, "–")
+	if !ok {
+		hi = lo
+	}
+	r := [2]float64{number(t, lo), number(t, hi)}
+	if r[0] <= 0 || r[0] > r[1] {
+		t.Errorf("range %q: want 0 < low <= high", cell)
+	}
+	return r
+}
+
 // numbers checks that the given columns of every row are positive numbers
 // and returns the first column → numbers.
 func numbers(t *testing.T, rows [][]string, cols ...int) map[string][]float64 {
@@ -239,9 +254,17 @@ func TestCheck(t *testing.T) {
 			sz["pool × instances"] != "30" || !strings.HasPrefix(sz["fits"], "yes") || sz["pooler (PgBouncer)"] != "not needed" {
 			t.Errorf("sizing: %q", sz)
 		}
-		warm := numbers(t, tableRows(t, out, "Warming"), 1)
-		if w := warm["15 with warmpg.WarmDB, 8 at once"]; len(w) != 1 || w[0] > warm["15 connections one by one"][0] {
+		warm := map[string][2]float64{}
+		for _, r := range tableRows(t, out, "Warming") {
+			warm[r[0]] = rangeCell(t, r[1])
+		}
+		one, ok1 := warm["15 with warmpg.WarmDB, 8 at once (estimate)"]
+		fleet, ok2 := warm["2 instances warming at once (estimate)"]
+		if !ok1 || !ok2 || one[1] > warm["15 connections one by one"][1] || fleet[1] < one[1] {
 			t.Errorf("warming rows: %v", warm)
+		}
+		if !strings.Contains(sz["instances during a deploy"], "3 = 2 + 1") || !strings.Contains(sz["left for other clients"], "10% of the slots") {
+			t.Errorf("the assumptions are not stated: %q", sz)
 		}
 		rec := out[strings.Index(out, "Recommended DSN"):]
 		for _, want := range []string{"pool_max_conns=15", "pool_max_idle_conns=15", "pool_prewarm=true", "xxxxx", pgtest.PasswordUser} {
@@ -261,11 +284,11 @@ func TestCheckDoesNotFit(t *testing.T) {
 	for _, r := range tableRows(t, out, "Sizing") {
 		sz[r[0]] = r[1]
 	}
-	if !strings.HasPrefix(sz["fits"], "NO: exceeds the free slots") || sz["pooler (PgBouncer)"] != "advisable" ||
+	if !strings.HasPrefix(sz["fits"], "NO: the peak exceeds the free slots less the reserve") || sz["pooler (PgBouncer)"] != "advisable" ||
 		sz["pool per instance"] != "9000 (from the DSN's pool_max_conns)" {
 		t.Errorf("sizing: %q", sz)
 	}
-	if !strings.Contains(out, "pooler: pool × instances = 27000 exceeds the free slots") || !strings.Contains(out, "default_query_exec_mode=exec") {
+	if !strings.Contains(out, "pooler: pool × (instances + deploy surge) = 36000 exceeds the free slots less the reserve") || !strings.Contains(out, "default_query_exec_mode=exec") {
 		t.Error("no reason for the pooler")
 	}
 	if !regexp.MustCompile(`pool_max_conns=\d{1,3}&`).MatchString(out) || !strings.Contains(out, "pool cut to") {

@@ -45,9 +45,11 @@ func TestSize(t *testing.T) {
 		if s.memLowMB != 400 || s.memHighMB != 800 || len(s.pooler) != 0 {
 			t.Errorf("memory %d–%d MB, pooler %q", s.memLowMB, s.memHighMB, s.pooler)
 		}
-		// 10 one by one: 200 ms; at once (64 at a time): one connect.
-		if s.oneByOne != 200*time.Millisecond || s.warmDB != 20*time.Millisecond || s.atOnce != 64 {
-			t.Errorf("warm %s / %s at %d", s.oneByOne, s.warmDB, s.atOnce)
+		// 10 one by one: 200 ms; at once (all 10: never more than the
+		// pool, whatever pool_warm_parallelism says): one connect, with no
+		// sample of what concurrency costs.
+		if s.oneByOne != 200*time.Millisecond || s.warmLow != 20*time.Millisecond || s.warmHigh != 20*time.Millisecond || s.atOnce != 10 {
+			t.Errorf("warm %s / %s–%s at %d", s.oneByOne, s.warmLow, s.warmHigh, s.atOnce)
 		}
 	})
 	t.Run("exactly full", func(t *testing.T) {
@@ -58,10 +60,10 @@ func TestSize(t *testing.T) {
 	})
 	t.Run("does not fit", func(t *testing.T) {
 		s := size(server, demand{instances: 3, pool: 30})
-		if s.fits || s.limitedBy != "free slots" || s.maxFit != 26 {
+		if s.fits || s.limitedBy != "free slots less the reserve" || s.maxFit != 26 {
 			t.Errorf("%+v", s)
 		}
-		if len(s.pooler) != 1 || !strings.Contains(s.pooler[0], "90 exceeds the free slots (80)") {
+		if len(s.pooler) != 1 || !strings.Contains(s.pooler[0], "90 exceeds the free slots less the reserve (80)") {
 			t.Errorf("pooler %q", s.pooler)
 		}
 	})
@@ -105,8 +107,8 @@ func TestSize(t *testing.T) {
 	t.Run("warm waves", func(t *testing.T) {
 		s := size(serverLimits{maxConnections: 1000, roleLimit: -1, databaseLimit: -1},
 			demand{instances: 1, pool: 130, connectTime: 10 * time.Millisecond, parallelism: 64})
-		if s.warmDB != 30*time.Millisecond || s.oneByOne != 1300*time.Millisecond { // 3 waves of ≤64
-			t.Errorf("warm %s / %s", s.warmDB, s.oneByOne)
+		if s.warmLow != 30*time.Millisecond || s.oneByOne != 1300*time.Millisecond || s.atOnce != 64 { // 3 waves of ≤64
+			t.Errorf("warm %s / %s", s.warmLow, s.oneByOne)
 		}
 	})
 	t.Run("no pool", func(t *testing.T) {
@@ -122,6 +124,78 @@ func TestSize(t *testing.T) {
 			t.Errorf("%+v", s)
 		}
 	})
+}
+
+// The advice leaves room for a rolling deploy and for other clients: the
+// fleet of issue 19, 297 slots for 6 instances, used to be told "49 each"
+// (294 of 297), which a 7th instance during a deploy overran.
+func TestSizeDeployAndReserve(t *testing.T) {
+	l := serverLimits{maxConnections: 300, superuserReserved: 3, roleLimit: -1, databaseLimit: -1}
+	s := size(l, demand{instances: 6, pool: 60, surge: 1, reserve: -1})
+	// Reserve: a tenth of 297, rounded up: 30. (297 − 30) / 7 = 38.
+	if s.slots != 297 || s.reserve != 30 || s.peak != 420 || s.fits || s.maxFit != 38 ||
+		s.limitedBy != "free slots less the reserve" {
+		t.Errorf("%+v", s)
+	}
+	if 7*s.maxFit+s.reserve > s.slots {
+		t.Errorf("the advice overruns the server during a deploy: 7 × %d + %d > %d", s.maxFit, s.reserve, s.slots)
+	}
+	// The old arithmetic, asked for explicitly.
+	if s := size(l, demand{instances: 6, pool: 60}); s.maxFit != 49 {
+		t.Errorf("no surge, no reserve: %d, want 49", s.maxFit)
+	}
+	// A small server keeps at least 5 free.
+	if s := size(serverLimits{maxConnections: 20, roleLimit: -1, databaseLimit: -1}, demand{instances: 1, pool: 5, surge: 1, reserve: -1}); s.reserve != 5 || !s.fits || s.maxFit != 7 {
+		t.Errorf("small server: %+v", s)
+	}
+	// What fits at the peak fits.
+	if s := size(l, demand{instances: 6, pool: 38, surge: 1, reserve: -1}); !s.fits {
+		t.Errorf("38 each: %+v", s)
+	}
+	if s := size(l, demand{instances: 6, pool: 39, surge: 1, reserve: -1}); s.fits {
+		t.Errorf("39 each: 7 × 39 = 273 > 267: %+v", s)
+	}
+}
+
+// The warm-time estimate uses what the sample measured: a pool that the
+// server forks faster than the round trips allow is round-trip bound; a
+// larger one, or a fleet, is bound by the server's cost per connect.
+func TestWarmEstimate(t *testing.T) {
+	l := serverLimits{maxConnections: 1000, roleLimit: -1, databaseLimit: -1}
+	// One connect 10–12 ms; 8 at once 24–31 ms: each more costs the
+	// server (24−12)/7 = 1.71 to (31−10)/7 = 3 ms.
+	sm := connectSample{oneMin: 10 * time.Millisecond, oneMax: 12 * time.Millisecond, k: 8, burstMin: 24 * time.Millisecond, burstMax: 31 * time.Millisecond}
+	s := size(l, demand{instances: 6, pool: 60, parallelism: 64, connectTime: 11 * time.Millisecond, sample: sm})
+	if s.atOnce != 60 {
+		t.Errorf("at once %d, want 60 (the pool, not the parallelism 64)", s.atOnce)
+	}
+	lo, hi := 12*time.Millisecond/7, 3*time.Millisecond
+	if s.perConnLow != lo || s.perConnHi != hi {
+		t.Errorf("per connect %s–%s, want %s–%s", s.perConnLow, s.perConnHi, lo, hi)
+	}
+	// 60 at once: one wave (10–12 ms) vs 10 + 59 × 1.71 ms = 111 ms and
+	// 12 + 59 × 3 = 189 ms: server bound.
+	if want := 10*time.Millisecond + 59*lo; s.warmLow != want {
+		t.Errorf("warm low %s, want %s", s.warmLow, want)
+	}
+	if want := 12*time.Millisecond + 59*hi; s.warmHigh != want {
+		t.Errorf("warm high %s, want %s", s.warmHigh, want)
+	}
+	// Six instances at once: 360 connects on one server.
+	if want := 12*time.Millisecond + 359*hi; s.fleetHigh != want || s.fleetLow >= s.fleetHigh {
+		t.Errorf("fleet %s–%s, want high %s", s.fleetLow, s.fleetHigh, want)
+	}
+	// A server with cores to spare (the burst took no longer than one
+	// connect) is round-trip bound: waves of one connect each.
+	idle := connectSample{oneMin: 10 * time.Millisecond, oneMax: 10 * time.Millisecond, k: 8, burstMin: 9 * time.Millisecond, burstMax: 10 * time.Millisecond}
+	s = size(l, demand{instances: 1, pool: 130, parallelism: 64, connectTime: 10 * time.Millisecond, sample: idle})
+	if s.warmLow != 30*time.Millisecond || s.warmHigh != 30*time.Millisecond {
+		t.Errorf("idle server: %s–%s, want 3 waves of 10 ms", s.warmLow, s.warmHigh)
+	}
+	// pool_max_idle_conns is what WarmDB warms.
+	if s := size(l, demand{instances: 1, pool: 40, warm: 25, connectTime: time.Millisecond}); s.warmN != 25 || s.atOnce != 25 {
+		t.Errorf("warm %d at %d, want 25 at 25", s.warmN, s.atOnce)
+	}
 }
 
 func TestMemRange(t *testing.T) {
