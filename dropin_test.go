@@ -34,7 +34,7 @@ type dropinCase struct {
 	// pool_backend=pq behaves as pgx does (the README lists it): the
 	// outcome through warmpg must be the outcome through pgx.
 	pqLikePgx bool
-	run     func(t *testing.T, db *sql.DB, tag string) string
+	run       func(t *testing.T, db *sql.DB, tag string) string
 }
 
 func must(t *testing.T, err error) {
