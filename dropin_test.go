@@ -30,6 +30,7 @@ import (
 type dropinCase struct {
 	name    string
 	pgxOnly bool // uses pgx types or pgx-only SQL behaviour
+	pqOnly  bool // uses lib/pq's API (COPY through Prepare)
 	// pqLikePgx: lib/pq itself behaves worse here, and warmpg with
 	// pool_backend=pq behaves as pgx does (the README lists it): the
 	// outcome through warmpg must be the outcome through pgx.
@@ -276,6 +277,32 @@ var dropinCases = []dropinCase{
 		err = conn.QueryRowContext(ctx, `insert into defer_`+tag+` (id, n) values ('e', 4) returning id`).Scan(&id)
 		return dropinOutcome(err)
 	}},
+	{name: "PqArray", run: func(t *testing.T, db *sql.DB, _ string) string {
+		var got []int64
+		err := db.QueryRow("select $1::int8[]", pq.Array([]int64{1, 2, 3})).Scan(pq.Array(&got))
+		return dropinOutcome(got, err)
+	}},
+	{name: "PqCopyIn", pqOnly: true, run: func(t *testing.T, db *sql.DB, tag string) string {
+		// lib/pq's COPY FROM STDIN: a statement prepared with pq.CopyIn in a
+		// transaction, one Exec per row, an empty Exec to finish.
+		tx, err := db.Begin()
+		must(t, err)
+		defer tx.Rollback()
+		_, err = tx.Exec("create temporary table copy_" + tag + "(a int, b text)")
+		must(t, err)
+		stmt, err := tx.Prepare(pq.CopyIn("copy_"+tag, "a", "b"))
+		must(t, err)
+		var errs []any
+		for i := range 5 {
+			_, err := stmt.Exec(i, fmt.Sprint("row ", i))
+			errs = append(errs, err)
+		}
+		_, err = stmt.Exec()
+		errs = append(errs, err, stmt.Close())
+		var n, sum int
+		errs = append(errs, tx.QueryRow("select count(*), sum(a) from copy_"+tag).Scan(&n, &sum), n, sum)
+		return dropinOutcome(errs...)
+	}},
 	{name: "OpenTransactionsDiscarded", pqLikePgx: true, run: func(t *testing.T, db *sql.DB, tag string) string {
 		db.SetMaxOpenConns(1)
 		defer db.SetMaxOpenConns(0)
@@ -366,7 +393,7 @@ func TestDropIn(t *testing.T) {
 	for _, p := range pairs {
 		t.Run(p.name, func(t *testing.T) {
 			for i, c := range dropinCases {
-				if c.pgxOnly && p.skipsPgxOnly {
+				if (c.pgxOnly && p.skipsPgxOnly) || (c.pqOnly && !p.skipsPgxOnly) {
 					continue
 				}
 				t.Run(c.name, func(t *testing.T) {
