@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -151,10 +153,19 @@ func TestDemoThrowawayCluster(t *testing.T) {
 		t.Skipf("no local PostgreSQL binaries (the server is %s)", srv.Kind)
 	}
 	t.Setenv("WARMPG_DEMO_DSN", "")
+	// warmpg's pools in the demo log to slog.Default(); none of it may
+	// reach the terminal between the tables.
+	logs := &logLines{}
+	oldLog := slog.Default()
+	slog.SetDefault(slog.New(logs))
+	defer slog.SetDefault(oldLog)
 	out := runOK(t, ctxT(t, 2*time.Minute), "demo", "-rtt", "1ms", "-n", "2", "-runs", "1",
 		"-burst", "2", "-burst-after", "0s", "-conns", "1", "-clients", "2", "-queries", "10", "-ro-ops", "3", "-restart-pool", "2")
 	if !strings.Contains(out, "throwaway local cluster") {
 		t.Errorf("no heading")
+	}
+	if n := logs.count("warmpg: discarded connection"); n != 0 || strings.Contains(out, "warmpg: discarded connection") {
+		t.Errorf("the demo printed %d \"warmpg: discarded connection\" log lines", n)
 	}
 	rows := tableRows(t, out, "After a fast server restart: 2 queries at once on each pool of 2")
 	if len(rows) != 5 {
@@ -168,7 +179,44 @@ func TestDemoThrowawayCluster(t *testing.T) {
 		if r[0] == "warmpg check" && failed != 0 {
 			t.Errorf("check mode lost %v queries to the restart", failed)
 		}
+		if len(r) < 5 {
+			t.Fatalf("restart row %q has no discarded column", r)
+		}
+		switch {
+		case r[0] == "warmpg check" && number(t, r[4]) < 1:
+			t.Errorf("check mode discarded %s dead connections after the restart, want at least 1", r[4])
+		case strings.HasPrefix(r[0], "database/sql + pgx") && r[4] != "-":
+			t.Errorf("pgx row counts discards: %q", r)
+		}
 	}
+}
+
+// logLines is a slog.Handler that keeps each record's message.
+type logLines struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logLines) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logLines) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logLines) WithGroup(string) slog.Handler            { return l }
+func (l *logLines) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	l.msgs = append(l.msgs, r.Message)
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *logLines) count(prefix string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if strings.HasPrefix(m, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 // bench at small sizes: both tables, every variant, ratios against the
