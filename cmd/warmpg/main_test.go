@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -413,6 +416,44 @@ func TestExitCodes(t *testing.T) {
 		}
 		if code != tc.code || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("warmpg %s: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr.String(), tc.code, tc.want)
+		}
+	}
+}
+
+// check never shows a password, whatever its characters and DSN form,
+// whether the check succeeds (the trusted superuser: the password is
+// ignored by the server but printed in the recommended DSN) or fails
+// (warmpg or net/url refuse the DSN; nothing listens on the port).
+func TestCheckNeverShowsPassword(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 2*time.Minute)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	kvQuote := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	for _, port := range []int{srv.Port, closed} {
+		hp := net.JoinHostPort(srv.Host, strconv.Itoa(port))
+		for _, ch := range ` '"\/?#&=+%@:` {
+			pw := "S3crA" + string(ch) + "tZ9qB"
+			for _, dsn := range []string{
+				"postgres://" + url.UserPassword(srv.User, pw).String() + "@" + hp + "/" + srv.Database + "?sslmode=disable",
+				"postgres://" + srv.User + ":" + pw + "@" + hp + "/" + srv.Database + "?sslmode=disable",
+				"postgres://" + srv.User + "@" + hp + "/" + srv.Database + "?sslmode=disable&password=" + url.QueryEscape(pw),
+				"postgres://" + srv.User + "@" + hp + "/" + srv.Database + "?sslmode=disable&password=" + pw,
+				fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable password='%s'", srv.Host, port, srv.User, srv.Database, kvQuote.Replace(pw)),
+				fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable password=%s", srv.Host, port, srv.User, srv.Database,
+					strings.ReplaceAll(kvQuote.Replace(pw), " ", `\ `)),
+			} {
+				var out, errb bytes.Buffer
+				err := run(ctx, []string{"check", dsn, "--timeout", "5s"}, &out, &errb)
+				all := fmt.Sprint(err) + out.String() + errb.String()
+				if strings.Contains(all, "S3crA") || strings.Contains(all, "tZ9qB") {
+					t.Errorf("check %s (port %d, %q): the password shows:\n%s", strings.Fields(dsn)[0][:10], port, ch, all)
+				}
+			}
 		}
 	}
 }
