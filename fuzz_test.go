@@ -34,6 +34,13 @@ func FuzzParseDSN(f *testing.F) {
 		"",
 		"=",
 		"pool_read_only=on pool_autocommit=yes",
+		" wArmpg://=",
+		"POSTGRES://u:" + fuzzSecret + "@h/db?POOL_MAX_CONNS=3&pool_reset=none&pool_reset=ping",
+		"postgres://u:" + fuzzSecret + "/x@h/db",
+		"postgres://u:p?w#" + fuzzSecret + "@h/db?pool_backend=pq",
+		"postgres://u@h:1/db?password=" + fuzzSecret + "&x&user=a@b",
+		"  host=h password=ab\\ " + fuzzSecret + " sslmode=bogus ",
+		"registeredConnConfig7",
 	} {
 		f.Add(seed)
 	}
@@ -44,6 +51,14 @@ func FuzzParseDSN(f *testing.F) {
 
 		d, splitErr := splitDSN(dsn)
 		c, err := OpenConnector(dsn, WithWarmTimeout(time.Second))
+		if isRegisteredName(dsn) {
+			// A pgx registered-config name: resolved at first connect.
+			if err != nil {
+				t.Fatalf("registered name %q refused: %v", dsn, err)
+			}
+			c.Close()
+			return
+		}
 		if err != nil {
 			msg := err.Error()
 			// The secret must not show where it is a password, nor in
