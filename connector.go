@@ -42,7 +42,9 @@ type Connector struct {
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
 // libpq key=value pairs) and the WARMPG_POOL_* environment, applies opts, and
 // returns a Connector for the backend pool_backend names (pgx by default).
-// The DSN without its pool_* keys goes to the backend untouched.
+// The DSN without its pool_* keys goes to the backend untouched. dsn may
+// also be a name pgx's stdlib.RegisterConnConfig returned: the registered
+// config is used, with the environment and opts.
 func OpenConnector(dsn string, opts ...Option) (*Connector, error) {
 	c, err := openConnector(dsn, opts)
 	if err != nil {
