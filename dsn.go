@@ -264,6 +264,12 @@ func splitKeyValue(s string) (parsedDSN, error) {
 	return parsedDSN{inner: b.in.String(), masked: b.mk.String(), pool: pool, secret: b.secret}, nil
 }
 
+// Errors after parsing need no masking: pgx and lib/pq build connect errors
+// from the host, port, user and database they parsed, and splitDSN (with
+// openConnector for lib/pq) refuses the URLs in which a parser could read
+// part of a password as one of those. warmpg's own messages name pool_*
+// values only, which are never secrets.
+
 // backendError is the error for an inner driver's refusal of d.inner. When
 // d holds a password, the error reported is the one the same parse gives
 // for d.masked, which cannot show it; if d.masked parses, the password
