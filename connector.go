@@ -42,7 +42,9 @@ type Connector struct {
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
 // libpq key=value pairs) and the WARMPG_POOL_* environment, applies opts, and
 // returns a Connector for the backend pool_backend names (pgx by default).
-// The DSN without its pool_* keys goes to the backend untouched.
+// The DSN without its pool_* keys goes to the backend untouched. dsn may
+// also be a name pgx's stdlib.RegisterConnConfig returned: the registered
+// config is used, with the environment and opts.
 func OpenConnector(dsn string, opts ...Option) (*Connector, error) {
 	c, err := openConnector(dsn, opts)
 	if err != nil {
@@ -54,13 +56,24 @@ func OpenConnector(dsn string, opts ...Option) (*Connector, error) {
 
 // openConnector is OpenConnector without starting background work.
 func openConnector(dsn string, opts []Option) (*Connector, error) {
-	cfg, inner, err := parseConfig(dsn, opts)
+	if isRegisteredName(dsn) {
+		return openRegistered(dsn, opts)
+	}
+	cfg, d, err := parseDSNConfig(dsn, opts)
 	if err != nil {
 		return nil, err
 	}
-	ic, tsa, err := backendConnector(&cfg, inner)
+	if d.userinfoQF && cfg.backend == BackendPQ {
+		// Go's net/url, which lib/pq uses, would end the password there
+		// and read its tail as a port, query or fragment.
+		return nil, errors.New(`warmpg: malformed DSN: with pool_backend=pq a URL's user:password part cannot hold a raw "?" or "#" (percent-encode them: %3F, %23)`)
+	}
+	ic, tsa, err := backendConnector(&cfg, d.inner)
 	if err != nil {
-		return nil, redact(fmt.Errorf("warmpg: %s backend rejected the DSN: %w", cfg.backend, err), cfg.secrets)
+		return nil, d.backendError(cfg.backend, err, func(s string) error {
+			_, _, err := backendConnector(&cfg, s)
+			return err
+		})
 	}
 	if err := cfg.checkTargetSessionAttrs(tsa); err != nil {
 		return nil, err
@@ -74,13 +87,18 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 // environment, the DSN's pool_* keys, opts. It returns the DSN for the inner
 // driver.
 func parseConfig(dsn string, opts []Option) (config, string, error) {
-	inner, pool, secrets, err := splitDSN(dsn)
+	cfg, d, err := parseDSNConfig(dsn, opts)
+	return cfg, d.inner, err
+}
+
+// parseDSNConfig is parseConfig returning the parsed DSN.
+func parseDSNConfig(dsn string, opts []Option) (config, parsedDSN, error) {
+	d, err := splitDSN(dsn)
 	if err != nil {
-		return config{}, "", err
+		return config{}, parsedDSN{}, err
 	}
-	cfg, err := buildConfig(pool, opts)
-	cfg.secrets = secrets
-	return cfg, inner, redact(err, secrets)
+	cfg, err := buildConfig(d.pool, opts)
+	return cfg, d, err
 }
 
 // buildConfig applies, over the defaults, the environment, then the DSN's
@@ -89,7 +107,13 @@ func parseConfig(dsn string, opts []Option) (config, string, error) {
 func buildConfig(pool []dsnParam, opts []Option) (config, error) {
 	cfg := newConfig()
 	errs := []error{cfg.applyEnv(environ())}
+	seen := make(map[string]string, len(pool))
 	for _, p := range pool {
+		if first, ok := seen[p.key]; ok {
+			errs = append(errs, fmt.Errorf("warmpg: DSN key %s given twice (%q, then %q): give it once", p.key, first, p.value))
+			continue
+		}
+		seen[p.key] = p.value
 		errs = append(errs, cfg.setParam("DSN", p.key, p.value))
 	}
 	for _, o := range opts {
@@ -137,20 +161,27 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 		if err != nil {
 			return nil, "", err
 		}
-		tsa = pgxTargetSessionAttrs(pc.ValidateConnect)
-		if cfg.readOnly {
-			pc.RuntimeParams["default_transaction_read_only"] = "on"
-		}
-		if cfg.pgbouncer && pc.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
-			// cache_statement prepares named statements on whichever server
-			// connection the pooler lends; exec uses the unnamed one and
-			// still takes one round trip.
-			pc.DefaultQueryExecMode = pgx.QueryExecModeExec
-		}
-		// pgx's stdlib pings on the first reuse of every connection and after
-		// each second of idleness. warmpg's ResetSession decides instead.
-		return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa, nil
+		ic, tsa := pgxConnector(cfg, pc)
+		return ic, tsa, nil
 	}
+}
+
+// pgxConnector returns the pgx connector for pc with warmpg's settings
+// applied, and the target_session_attrs pc asks for.
+func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
+	tsa := pgxTargetSessionAttrs(pc.ValidateConnect)
+	if cfg.readOnly {
+		pc.RuntimeParams["default_transaction_read_only"] = "on"
+	}
+	if cfg.pgbouncer && pc.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement {
+		// cache_statement prepares named statements on whichever server
+		// connection the pooler lends; exec uses the unnamed one and
+		// still takes one round trip.
+		pc.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
+	// pgx's stdlib pings on the first reuse of every connection and after
+	// each second of idleness. warmpg's ResetSession decides instead.
+	return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa
 }
 
 // pgxTargetSessionAttrs names the target_session_attrs a pgx config's

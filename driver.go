@@ -58,7 +58,8 @@ func (d *Driver) Open(name string) (driver.Conn, error) {
 
 // OpenConnector parses the DSN name and the WARMPG_POOL_* environment and
 // returns a *Connector. The error names any bad pool_* key, its value and
-// what is allowed; it never shows a password.
+// what is allowed; it never shows a password. A name pgx's
+// stdlib.RegisterConnConfig returned opens that config, as with "pgx".
 func (d *Driver) OpenConnector(name string) (driver.Connector, error) {
 	return OpenConnector(name)
 }

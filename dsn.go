@@ -10,20 +10,52 @@ import (
 // dsnParam is one pool_* key found in a DSN.
 type dsnParam struct{ key, value string }
 
-// splitDSN removes warmpg's pool_* keys from a DSN and returns the rest for the
-// inner driver, byte for byte as given (a warmpg:// scheme becomes postgres://),
-// the pool_* keys in order, and the secrets (passwords) the DSN holds so that
-// no error warmpg returns can show them.
-//
-// Both forms libpq accepts are understood: a URL (postgres://, postgresql://,
-// warmpg://) and key=value pairs separated by spaces, values optionally in
-// single quotes with backslash escapes.
-func splitDSN(dsn string) (inner string, pool []dsnParam, secrets []string, err error) {
-	if scheme, rest, ok := strings.Cut(dsn, "://"); ok && isURLScheme(scheme) {
-		return splitURL(scheme, rest)
-	}
-	return splitKeyValue(dsn)
+// maskToken stands where a password was in parsedDSN.masked.
+const maskToken = "xxxxx"
+
+// parsedDSN is a DSN as warmpg reads it.
+type parsedDSN struct {
+	// inner is the DSN for the inner driver: without the white space around
+	// it and without its pool_* keys, a URL's scheme in lower case (warmpg://
+	// becomes postgres://), every other byte as given.
+	inner string
+	// masked is inner with each password token — the bytes the parser read
+	// as a password (sslpassword too) — replaced by maskToken. It is built
+	// from the tokens' positions while parsing, never by searching for a
+	// password's text, so it holds no password whatever its characters.
+	masked string
+	pool   []dsnParam
+	// secret reports whether inner holds a password token.
+	secret bool
+	// userinfoQF: a URL whose user:password part holds a raw '?' or '#',
+	// which pgx and libpq read as part of the password and Go's net/url
+	// (lib/pq) as the start of the query or fragment.
+	userinfoQF bool
 }
+
+// splitDSN removes warmpg's pool_* keys from a DSN and returns what the
+// inner driver gets, the same with its passwords masked, and the pool_*
+// keys in order.
+//
+// Both forms libpq accepts are understood: a URL (postgres://,
+// postgresql://, warmpg://; the scheme in any case) and key=value pairs
+// separated by spaces, values optionally in single quotes with backslash
+// escapes. A URL is read as pgx and libpq read it: the user:password part
+// ends at the first '@' before any '/', the query starts at the first '?'
+// after it.
+func splitDSN(dsn string) (parsedDSN, error) {
+	// libpq skips white space around a DSN; a URL with a space before it
+	// would otherwise be read as a key=value DSN.
+	s := strings.Trim(dsn, asciiSpace)
+	if scheme, rest, ok := strings.Cut(s, "://"); ok && isURLScheme(scheme) {
+		return splitURL(strings.ToLower(scheme), rest)
+	}
+	return splitKeyValue(s)
+}
+
+const asciiSpace = " \t\n\r\f\v"
+
+func isASCIISpace(b byte) bool { return strings.IndexByte(asciiSpace, b) >= 0 }
 
 func isURLScheme(s string) bool {
 	switch strings.ToLower(s) {
@@ -33,60 +65,101 @@ func isURLScheme(s string) bool {
 	return false
 }
 
-func splitURL(scheme, rest string) (string, []dsnParam, []string, error) {
-	if strings.EqualFold(scheme, "warmpg") {
+// isPoolKey reports whether a DSN key is warmpg's: it starts with pool_, in
+// any case (a POOL_MAX_CONNS passed on would reach the server as a setting).
+func isPoolKey(key string) bool {
+	return len(key) >= 5 && strings.EqualFold(key[:5], "pool_")
+}
+
+// maskBuilder builds inner and masked side by side.
+type maskBuilder struct {
+	in, mk strings.Builder
+	secret bool
+}
+
+func (b *maskBuilder) plain(s string) { b.in.WriteString(s); b.mk.WriteString(s) }
+
+func (b *maskBuilder) password(s string) {
+	if s == "" {
+		return
+	}
+	b.in.WriteString(s)
+	b.mk.WriteString(maskToken)
+	b.secret = true
+}
+
+func splitURL(scheme, rest string) (parsedDSN, error) {
+	if scheme == "warmpg" {
 		scheme = "postgres"
 	}
-	var secrets []string
-	// The password is what follows the first ':' in the userinfo, which ends
-	// at the last '@' before the path (pgx finds it the same way).
-	authority := rest
-	if i := strings.IndexAny(authority, "/?#"); i >= 0 {
-		authority = authority[:i]
+	// The user:password part ends at the first '@' before any '/' (pgx's and
+	// libpq's lookahead; a '?' or '#' does not end it).
+	userEnd := -1
+	if i := strings.IndexAny(rest, "@/"); i >= 0 && rest[i] == '@' {
+		userEnd = i
 	}
-	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
-		if _, pw, ok := strings.Cut(authority[:at], ":"); ok && pw != "" {
-			secrets = appendSecret(secrets, pw)
+	// Any other raw '@' with a ':' before it leaves where a password ends
+	// ambiguous — postgres://u:pa/ss@h, postgres://u:p@ss@h — and each parser
+	// would read a different host, port or database out of the password, to
+	// show it in an error or connect to it.
+	if j := strings.LastIndexByte(rest, '@'); j > userEnd && strings.IndexByte(rest[:j], ':') >= 0 {
+		return parsedDSN{}, errors.New(`warmpg: malformed DSN: the URL has a raw "@" outside its user:password@ part, which makes where a password ends ambiguous (percent-encode "@" as %40, and "/" in a password as %2F)`)
+	}
+	var b maskBuilder
+	b.plain(scheme + "://")
+	d := parsedDSN{}
+	post := rest
+	if userEnd >= 0 {
+		userinfo := rest[:userEnd]
+		d.userinfoQF = strings.ContainsAny(userinfo, "?#")
+		if c := strings.IndexByte(userinfo, ':'); c >= 0 {
+			b.plain(userinfo[:c+1])
+			b.password(userinfo[c+1:])
+		} else {
+			b.plain(userinfo)
 		}
+		b.plain("@")
+		post = rest[userEnd+1:]
 	}
-	body, fragment, hasFragment := strings.Cut(rest, "#")
-	base, query, hasQuery := strings.Cut(body, "?")
-	if !hasQuery {
-		return scheme + "://" + rest, nil, secrets, nil
-	}
-	var kept []string
-	var pool []dsnParam
-	for _, piece := range strings.Split(query, "&") {
-		if piece == "" {
-			continue
-		}
-		rawKey, rawValue, _ := strings.Cut(piece, "=")
-		key, err1 := url.QueryUnescape(rawKey)
-		value, err2 := url.QueryUnescape(rawValue)
-		if err := errors.Join(err1, err2); err != nil {
-			// Name the key only when it decoded: the value may be a password.
-			if err1 == nil {
-				return "", nil, secrets, fmt.Errorf("warmpg: malformed DSN: bad percent-encoding in the value of query key %q", key)
+	base, query, hasQuery := strings.Cut(post, "?")
+	b.plain(base)
+	if hasQuery {
+		sep := "?"
+		for n, piece := range strings.Split(query, "&") {
+			if piece == "" {
+				continue
 			}
-			return "", nil, secrets, errors.New("warmpg: malformed DSN: bad percent-encoding in a query key")
+			rawKey, rawValue, hasValue := strings.Cut(piece, "=")
+			if !hasValue {
+				// Not named: it may be the tail of a password that held a
+				// raw '&'.
+				return parsedDSN{}, fmt.Errorf(`warmpg: malformed DSN: query parameter %d has no "=value" (want key=value pairs separated by "&"; percent-encode "&" in a value as %%26)`, n+1)
+			}
+			key, err1 := url.PathUnescape(rawKey)
+			key = strings.Trim(key, " ")
+			if err1 != nil {
+				return parsedDSN{}, errors.New("warmpg: malformed DSN: bad percent-encoding in a query key")
+			}
+			if isPoolKey(key) {
+				value, err := url.QueryUnescape(rawValue)
+				if err != nil {
+					return parsedDSN{}, fmt.Errorf("warmpg: malformed DSN: bad percent-encoding in the value of query key %q", key)
+				}
+				d.pool = append(d.pool, dsnParam{key, value})
+				continue
+			}
+			b.plain(sep)
+			sep = "&"
+			if isSecretKey(key) {
+				b.plain(rawKey + "=")
+				b.password(rawValue)
+				continue
+			}
+			b.plain(piece)
 		}
-		if isSecretKey(key) {
-			secrets = appendSecret(secrets, value)
-		}
-		if strings.HasPrefix(key, "pool_") {
-			pool = append(pool, dsnParam{key, value})
-			continue
-		}
-		kept = append(kept, piece)
 	}
-	inner := scheme + "://" + base
-	if len(kept) > 0 {
-		inner += "?" + strings.Join(kept, "&")
-	}
-	if hasFragment {
-		inner += "#" + fragment
-	}
-	return inner, pool, secrets, nil
+	d.inner, d.masked, d.secret = b.in.String(), b.mk.String(), b.secret
+	return d, nil
 }
 
 // plainKeywords are libpq connection keywords whose values are no secret,
@@ -100,62 +173,57 @@ var plainKeywords = map[string]bool{
 
 func isSecretKey(key string) bool { return key == "password" || key == "sslpassword" }
 
-func appendSecret(secrets []string, s string) []string {
-	if s == "" {
-		return secrets
-	}
-	secrets = append(secrets, s)
-	if u, err := url.PathUnescape(s); err == nil && u != s {
-		secrets = append(secrets, u)
-	}
-	return secrets
-}
-
 // splitKeyValue handles libpq's key=value form. It keeps the exact text of
 // every pair it does not remove.
-func splitKeyValue(dsn string) (string, []dsnParam, []string, error) {
-	var kept []string
+func splitKeyValue(s string) (parsedDSN, error) {
+	var b maskBuilder
 	var pool []dsnParam
-	var secrets []string
-	s := dsn
-	isSpace := func(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\f' || b == '\v' }
+	words := 0 // pairs read so far
+	sep := ""
 	i := 0
 	for {
-		for i < len(s) && isSpace(s[i]) {
+		for i < len(s) && isASCIISpace(s[i]) {
 			i++
 		}
 		if i == len(s) {
 			break
 		}
+		words++
 		start := i
-		for i < len(s) && s[i] != '=' && !isSpace(s[i]) {
+		for i < len(s) && s[i] != '=' && !isASCIISpace(s[i]) {
 			i++
 		}
 		key := s[start:i]
-		for i < len(s) && isSpace(s[i]) {
+		// A stray word may be a password that lost its key: name it only
+		// when it is a keyword that can hold no secret.
+		what := fmt.Sprintf("word %d", words)
+		if isPoolKey(key) || plainKeywords[key] {
+			what = fmt.Sprintf("key %q", key)
+		}
+		for i < len(s) && isASCIISpace(s[i]) {
 			i++
 		}
 		if i == len(s) || s[i] != '=' {
-			// A stray word may be a password that lost its key: name it
-			// only when it is a keyword that can hold no secret.
-			what := fmt.Sprintf("word %d", len(kept)+len(pool)+1)
-			if strings.HasPrefix(key, "pool_") || plainKeywords[key] {
-				what = fmt.Sprintf("key %q", key)
-			}
-			return "", nil, secrets, fmt.Errorf("warmpg: malformed DSN: %s has no \"=value\" (want key=value pairs separated by spaces, or a postgres:// URL)", what)
+			return parsedDSN{}, fmt.Errorf("warmpg: malformed DSN: %s has no \"=value\" (want key=value pairs separated by spaces, or a postgres:// URL)", what)
 		}
 		if key == "" {
-			return "", nil, secrets, errors.New("warmpg: malformed DSN: \"=\" with no key before it")
+			return parsedDSN{}, errors.New("warmpg: malformed DSN: \"=\" with no key before it")
+		}
+		if strings.Contains(key, "://") {
+			// No libpq keyword or server setting looks like this; passed
+			// on, it would make the inner DSN read as a URL.
+			return parsedDSN{}, fmt.Errorf("warmpg: malformed DSN: %s is no connection keyword (a URL must come first, alone)", what)
 		}
 		i++ // '='
-		for i < len(s) && isSpace(s[i]) {
+		for i < len(s) && isASCIISpace(s[i]) {
 			i++
 		}
+		valueStart := i
 		var value strings.Builder
 		if i < len(s) && s[i] == '\'' {
 			i++
 			closed := false
-			for i < len(s) {
+			for i < len(s) && !closed {
 				switch c := s[i]; {
 				case c == '\\' && i+1 < len(s):
 					value.WriteByte(s[i+1])
@@ -167,15 +235,12 @@ func splitKeyValue(dsn string) (string, []dsnParam, []string, error) {
 					value.WriteByte(c)
 					i++
 				}
-				if closed {
-					break
-				}
 			}
 			if !closed {
-				return "", nil, secrets, fmt.Errorf("warmpg: malformed DSN: unterminated quoted value for key %q", key)
+				return parsedDSN{}, fmt.Errorf("warmpg: malformed DSN: unterminated quoted value for %s", what)
 			}
 		} else {
-			for i < len(s) && !isSpace(s[i]) {
+			for i < len(s) && !isASCIISpace(s[i]) {
 				if s[i] == '\\' && i+1 < len(s) {
 					i++
 				}
@@ -183,46 +248,39 @@ func splitKeyValue(dsn string) (string, []dsnParam, []string, error) {
 				i++
 			}
 		}
-		if isSecretKey(key) {
-			secrets = appendSecret(secrets, value.String())
-		}
-		if strings.HasPrefix(key, "pool_") {
+		if isPoolKey(key) {
 			pool = append(pool, dsnParam{key, value.String()})
 			continue
 		}
-		kept = append(kept, s[start:i])
-	}
-	return strings.Join(kept, " "), pool, secrets, nil
-}
-
-// redactedError hides secrets in an error's text while keeping the error
-// itself reachable through errors.Is and errors.As.
-type redactedError struct {
-	err     error
-	secrets []string
-}
-
-func (e *redactedError) Error() string {
-	msg := e.err.Error()
-	for _, s := range e.secrets {
-		msg = strings.ReplaceAll(msg, s, "xxxxx")
-	}
-	return msg
-}
-
-func (e *redactedError) Unwrap() error { return e.err }
-
-// redact wraps err so that its text shows none of secrets. It returns err
-// unchanged when there is nothing to hide.
-func redact(err error, secrets []string) error {
-	if err == nil {
-		return nil
-	}
-	msg := err.Error()
-	for _, s := range secrets {
-		if strings.Contains(msg, s) {
-			return &redactedError{err: err, secrets: secrets}
+		b.plain(sep)
+		sep = " "
+		if isSecretKey(key) {
+			b.plain(s[start:valueStart])
+			b.password(s[valueStart:i])
+			continue
 		}
+		b.plain(s[start:i])
 	}
-	return err
+	return parsedDSN{inner: b.in.String(), masked: b.mk.String(), pool: pool, secret: b.secret}, nil
+}
+
+// Errors after parsing need no masking: pgx and lib/pq build connect errors
+// from the host, port, user and database they parsed, and splitDSN (with
+// openConnector for lib/pq) refuses the URLs in which a parser could read
+// part of a password as one of those. warmpg's own messages name pool_*
+// values only, which are never secrets.
+
+// backendError is the error for an inner driver's refusal of d.inner. When
+// d holds a password, the error reported is the one the same parse gives
+// for d.masked, which cannot show it; if d.masked parses, the password
+// alone was refused and no parser message is shown.
+func (d *parsedDSN) backendError(backend Backend, err error, parse func(string) error) error {
+	if d.secret {
+		masked := parse(d.masked)
+		if masked == nil {
+			return fmt.Errorf("warmpg: the %s backend rejected the DSN's password (not shown); in a URL percent-encode it (url.UserPassword), in key=value form quote it with backslash escapes", backend)
+		}
+		err = masked
+	}
+	return fmt.Errorf("warmpg: %s backend rejected the DSN: %w", backend, err)
 }

@@ -218,7 +218,7 @@ func (r *ready) dial() {
 		failures := r.failures
 		r.mu.Unlock()
 		if stepped && (failures == 1 || failures%10 == 0) {
-			r.c.cfg.logEvent(slog.LevelWarn, "warmpg: background connect failed; backing off", "failures", failures, "error", redact(err, r.c.cfg.secrets))
+			r.c.cfg.logEvent(slog.LevelWarn, "warmpg: background connect failed; backing off", "failures", failures, "error", err)
 		}
 		r.poke()
 		return
@@ -397,7 +397,7 @@ func (c *Connector) dial(ctx context.Context) (driver.Conn, error) {
 		if time.Now().Add(sleep).After(deadline) {
 			return nil, err
 		}
-		c.cfg.logEvent(slog.LevelDebug, "warmpg: connect failed; retrying", "error", redact(err, c.cfg.secrets), "wait", sleep)
+		c.cfg.logEvent(slog.LevelDebug, "warmpg: connect failed; retrying", "error", err, "wait", sleep)
 		t := time.NewTimer(sleep)
 		select {
 		case <-ctx.Done():

@@ -93,7 +93,6 @@ type config struct {
 	logLevel    slog.Level // events below it are not logged; LogOff: none
 	set         uint32     // which params were set explicitly (DSN, env or option)
 	errs        []error
-	secrets     []string // values never to show in an error (passwords)
 }
 
 func newConfig() config {
@@ -338,6 +337,9 @@ func knownKeys() string {
 func (c *config) setParam(source, key, value string) error {
 	p := lookupParam(key)
 	if p == nil {
+		if q := lookupParam(strings.ToLower(key)); q != nil {
+			return fmt.Errorf("warmpg: unknown %s key %q: did you mean %s? (warmpg's keys are lower case)", source, key, q.key)
+		}
 		return fmt.Errorf("warmpg: unknown %s key %q (known: %s)", source, key, knownKeys())
 	}
 	if err := p.parse(c, value); err != nil {

@@ -59,6 +59,9 @@ func WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (WarmReport, error)
 	if db == nil {
 		return WarmReport{}, errors.New("warmpg: WarmDB: db is nil")
 	}
+	if ctx == nil {
+		return WarmReport{}, errNilContext
+	}
 	c, _ := connectorOf(db)
 	return warmDB(ctx, db, c, opts)
 }
@@ -71,8 +74,13 @@ func (c *Connector) WarmDB(ctx context.Context, db *sql.DB, opts ...Option) (War
 	if db == nil {
 		return WarmReport{}, errors.New("warmpg: WarmDB: db is nil")
 	}
+	if ctx == nil {
+		return WarmReport{}, errNilContext
+	}
 	return warmDB(ctx, db, c, opts)
 }
+
+var errNilContext = errors.New("warmpg: WarmDB: ctx is nil (want context.Background() or a context with a deadline)")
 
 // warmDB is WarmDB with c, warmpg's connector under db, or nil if unknown.
 func warmDB(ctx context.Context, db *sql.DB, c *Connector, opts []Option) (WarmReport, error) {

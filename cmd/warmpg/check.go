@@ -76,11 +76,21 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	// warmpg's parser first: it refuses the DSNs whose password the parsers
+	// would read differently, and its errors show no password.
+	// Read only; open nothing in the background, fail at once on a refused
+	// connection (the timeout bounds the rest).
+	conn, err := warmpg.OpenConnector(c.dsn, warmpg.WithPrewarm(false), warmpg.WithMinIdleConns(0),
+		warmpg.WithConnectRetryTimeout(0), warmpg.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		return badInput("check: bad DSN: %v", err)
+	}
 	d, err := parseDSN(c.dsn)
 	if err == nil {
 		err = checkPoolKeys(d)
 	}
 	if err != nil {
+		conn.Close()
 		return badInput("check: bad DSN: %v", err)
 	}
 	pool, poolFrom := c.pool, "-pool"
@@ -93,13 +103,6 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if v, ok := d.get("pool_max_idle_conns"); ok {
 		warmN, _ = strconv.Atoi(strings.TrimSpace(v))
-	}
-	// Read only; open nothing in the background, fail at once on a refused
-	// connection (the timeout bounds the rest).
-	conn, err := warmpg.OpenConnector(c.dsn, warmpg.WithPrewarm(false), warmpg.WithMinIdleConns(0),
-		warmpg.WithConnectRetryTimeout(0), warmpg.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		return badInput("check: bad DSN: %v", err)
 	}
 	db := sql.OpenDB(conn)
 	defer db.Close()

@@ -4,11 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/warmpg/warmpg"
 	"github.com/warmpg/warmpg/internal/warmbench"
 )
 
@@ -48,6 +52,12 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.parseNoArgs(args); err != nil {
 		return err
 	}
+
+	// The demo shows tables, not the library's logs: warmpg's pools here
+	// log to slog.Default() (sql.Open takes no logger), and an Info line per
+	// discarded connection would land in the middle of the restart table.
+	// What the tables need they count (warmpg.Stats); warnings still show.
+	defer quietWarmpgLogs(stderr)()
 
 	t, err := openTarget(ctx, "demo", c.loadConfig, stderr)
 	if err != nil {
@@ -266,6 +276,7 @@ func demoRestart(ctx context.Context, t *target, c demoConfig, w io.Writer) erro
 	if failed := burstAll(rctx, vs, c.restartPool); sum(failed) != 0 {
 		return fmt.Errorf("restart: %v queries failed before the restart", failed)
 	}
+	discardedBefore := discarded(vs)
 	p.printf("restarting the server (pg_ctl restart -m fast)...")
 	began := time.Now()
 	if err := t.srv.Restart(rctx, "fast"); err != nil {
@@ -274,23 +285,74 @@ func demoRestart(ctx context.Context, t *target, c demoConfig, w io.Writer) erro
 	took := time.Since(began)
 	failed := burstAll(rctx, vs, c.restartPool)
 	after := burstAll(rctx, vs, c.restartPool)
+	discardedAfter := discarded(vs)
 	tb := table{
 		title: title,
-		head:  []string{"pool", "failed", "of", "failed on the next burst"},
+		head:  []string{"pool", "failed", "of", "failed on the next burst", "dead connections discarded"},
 		notes: []string{
 			fmt.Sprintf("the restart took %s; pgx pings a connection idle for over 1 s, so a slower restart hides its failures", took.Round(time.Millisecond)),
+			"discarded: connections warmpg refused on reuse (warmpg.Stats), so database/sql dialled new ones; pgx's own are not counted",
 		},
 	}
 	for i, v := range vs {
 		name := "warmpg " + v.Name
+		disc := "-"
+		if discardedAfter[i] >= 0 {
+			disc = strconv.FormatInt(discardedAfter[i]-discardedBefore[i], 10)
+		}
 		if !warmbench.IsWarmpg(v.Name) {
 			name = "database/sql + pgx (stdlib default)"
 		}
-		tb.add(name, strconv.Itoa(failed[i]), strconv.Itoa(c.restartPool), strconv.Itoa(after[i]))
+		tb.add(name, strconv.Itoa(failed[i]), strconv.Itoa(c.restartPool), strconv.Itoa(after[i]), disc)
 	}
 	tb.print(w)
 	return nil
 }
+
+// discarded returns each variant's warmpg Discarded counter, -1 for a pool
+// that is not warmpg's.
+func discarded(vs []*warmbench.Variant) []int64 {
+	out := make([]int64, len(vs))
+	for i, v := range vs {
+		out[i] = -1
+		if v.DB != nil {
+			if st, ok := warmpg.Stats(v.DB); ok {
+				out[i] = st.Discarded
+			}
+		}
+	}
+	return out
+}
+
+// quietWarmpgLogs makes slog.Default() drop warmpg's events below Warn and
+// write the others to w, until the returned function restores it (and the
+// log package's output, which slog.SetDefault redirects).
+func quietWarmpgLogs(w io.Writer) (restore func()) {
+	old, oldOut, oldFlags := slog.Default(), log.Writer(), log.Flags()
+	slog.SetDefault(slog.New(quietWarmpg{slog.NewTextHandler(w, nil)}))
+	return func() {
+		slog.SetDefault(old)
+		log.SetOutput(oldOut)
+		log.SetFlags(oldFlags)
+	}
+}
+
+type quietWarmpg struct{ next slog.Handler }
+
+func (q quietWarmpg) Enabled(ctx context.Context, l slog.Level) bool { return q.next.Enabled(ctx, l) }
+
+func (q quietWarmpg) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level < slog.LevelWarn && strings.HasPrefix(r.Message, "warmpg: ") {
+		return nil
+	}
+	return q.next.Handle(ctx, r)
+}
+
+func (q quietWarmpg) WithAttrs(as []slog.Attr) slog.Handler {
+	return quietWarmpg{q.next.WithAttrs(as)}
+}
+
+func (q quietWarmpg) WithGroup(name string) slog.Handler { return quietWarmpg{q.next.WithGroup(name)} }
 
 // burstAll runs a burst of n queries on every variant's pool at once and
 // returns how many failed, per variant.

@@ -24,27 +24,31 @@ type dsn struct {
 type kv struct{ key, value string }
 
 // kvPair matches one libpq key=value pair: the value bare (backslash
-// escapes allowed) or in single quotes.
-var kvPair = regexp.MustCompile(`^\s*([^\s=]+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)*)`)
+// escapes allowed; a quote is special only first) or in single quotes.
+var kvPair = regexp.MustCompile(`^\s*([^\s=]+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:(?:[^\s'\\]|\\.)(?:[^\s\\]|\\.)*)?)`)
 
 // kvEscape is a backslash escape in a key=value value.
 var kvEscape = regexp.MustCompile(`\\(.)`)
 
 func parseDSN(s string) (*dsn, error) {
-	scheme, _, isURL := strings.Cut(s, "://")
+	s = strings.TrimSpace(s) // as warmpg and libpq do
+	scheme, rest, isURL := strings.Cut(s, "://")
 	switch strings.ToLower(scheme) {
 	case "postgres", "postgresql", "warmpg":
 	default:
 		isURL = false
 	}
 	if isURL {
+		// pgx and libpq end user:password at the first '@' before any '/';
+		// Go's net/url, which reads it here, at a '?' or '#' before that.
+		if i := strings.IndexAny(rest, "@/"); i >= 0 && rest[i] == '@' && strings.ContainsAny(rest[:i], "?#") {
+			return nil, errors.New(`the URL's user:password holds a raw "?" or "#": percent-encode them (%3F, %23)`)
+		}
 		u, err := url.Parse(s)
 		if err != nil {
-			var ue *url.Error
-			if errors.As(err, &ue) {
-				return nil, errors.New(ue.Err.Error()) // without the URL: it may hold a password
-			}
-			return nil, errors.New("malformed URL")
+			// Not even net/url's reason: it may quote part of the password
+			// (an invalid port, an invalid escape).
+			return nil, errors.New("malformed URL (percent-encode special characters in the user and password)")
 		}
 		d := &dsn{u: u}
 		for _, piece := range strings.Split(u.RawQuery, "&") {
@@ -56,7 +60,7 @@ func parseDSN(s string) (*dsn, error) {
 		return d, nil
 	}
 	d := &dsn{}
-	rest := s
+	rest = s
 	for strings.TrimSpace(rest) != "" {
 		m := kvPair.FindStringSubmatch(rest)
 		if m == nil {

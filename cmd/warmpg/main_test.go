@@ -5,12 +5,17 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,10 +171,19 @@ func TestDemoThrowawayCluster(t *testing.T) {
 		t.Skipf("no local PostgreSQL binaries (the server is %s)", srv.Kind)
 	}
 	t.Setenv("WARMPG_DEMO_DSN", "")
+	// warmpg's pools in the demo log to slog.Default(); none of it may
+	// reach the terminal between the tables.
+	logs := &logLines{}
+	oldLog := slog.Default()
+	slog.SetDefault(slog.New(logs))
+	defer slog.SetDefault(oldLog)
 	out := runOK(t, ctxT(t, 2*time.Minute), "demo", "-rtt", "1ms", "-n", "2", "-runs", "1",
 		"-burst", "2", "-burst-after", "0s", "-conns", "1", "-clients", "2", "-queries", "10", "-ro-ops", "3", "-restart-pool", "2")
 	if !strings.Contains(out, "throwaway local cluster") {
 		t.Errorf("no heading")
+	}
+	if n := logs.count("warmpg: discarded connection"); n != 0 || strings.Contains(out, "warmpg: discarded connection") {
+		t.Errorf("the demo printed %d \"warmpg: discarded connection\" log lines", n)
 	}
 	rows := tableRows(t, out, "After a fast server restart: 2 queries at once on each pool of 2")
 	if len(rows) != 5 {
@@ -183,7 +197,44 @@ func TestDemoThrowawayCluster(t *testing.T) {
 		if r[0] == "warmpg check" && failed != 0 {
 			t.Errorf("check mode lost %v queries to the restart", failed)
 		}
+		if len(r) < 5 {
+			t.Fatalf("restart row %q has no discarded column", r)
+		}
+		switch {
+		case r[0] == "warmpg check" && number(t, r[4]) < 1:
+			t.Errorf("check mode discarded %s dead connections after the restart, want at least 1", r[4])
+		case strings.HasPrefix(r[0], "database/sql + pgx") && r[4] != "-":
+			t.Errorf("pgx row counts discards: %q", r)
+		}
 	}
+}
+
+// logLines is a slog.Handler that keeps each record's message.
+type logLines struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *logLines) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logLines) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logLines) WithGroup(string) slog.Handler            { return l }
+func (l *logLines) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	l.msgs = append(l.msgs, r.Message)
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *logLines) count(prefix string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if strings.HasPrefix(m, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 // bench at small sizes: both tables, every variant, ratios against the
@@ -388,6 +439,44 @@ func TestExitCodes(t *testing.T) {
 		}
 		if code != tc.code || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("warmpg %s: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr.String(), tc.code, tc.want)
+		}
+	}
+}
+
+// check never shows a password, whatever its characters and DSN form,
+// whether the check succeeds (the trusted superuser: the password is
+// ignored by the server but printed in the recommended DSN) or fails
+// (warmpg or net/url refuse the DSN; nothing listens on the port).
+func TestCheckNeverShowsPassword(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 2*time.Minute)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	kvQuote := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
+	for _, port := range []int{srv.Port, closed} {
+		hp := net.JoinHostPort(srv.Host, strconv.Itoa(port))
+		for _, ch := range ` '"\/?#&=+%@:` {
+			pw := "S3crA" + string(ch) + "tZ9qB"
+			for _, dsn := range []string{
+				"postgres://" + url.UserPassword(srv.User, pw).String() + "@" + hp + "/" + srv.Database + "?sslmode=disable",
+				"postgres://" + srv.User + ":" + pw + "@" + hp + "/" + srv.Database + "?sslmode=disable",
+				"postgres://" + srv.User + "@" + hp + "/" + srv.Database + "?sslmode=disable&password=" + url.QueryEscape(pw),
+				"postgres://" + srv.User + "@" + hp + "/" + srv.Database + "?sslmode=disable&password=" + pw,
+				fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable password='%s'", srv.Host, port, srv.User, srv.Database, kvQuote.Replace(pw)),
+				fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable password=%s", srv.Host, port, srv.User, srv.Database,
+					strings.ReplaceAll(kvQuote.Replace(pw), " ", `\ `)),
+			} {
+				var out, errb bytes.Buffer
+				err := run(ctx, []string{"check", dsn, "--timeout", "5s"}, &out, &errb)
+				all := fmt.Sprint(err) + out.String() + errb.String()
+				if strings.Contains(all, "S3crA") || strings.Contains(all, "tZ9qB") {
+					t.Errorf("check %s (port %d, %q): the password shows:\n%s", strings.Fields(dsn)[0][:10], port, ch, all)
+				}
+			}
 		}
 	}
 }
