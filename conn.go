@@ -26,6 +26,11 @@ import (
 // rolling back a transaction whose context was cancelled; that is safe because
 // IsValid reports a connection the inner driver closed (pgx closes it when a
 // rollback fails) and ResetSession refuses one that is still in a transaction.
+// pgx reports its transaction status; for every other inner driver (lib/pq,
+// a foreign connector given to NewConnector) BeginTx marks the connection as
+// maybe in a transaction until Commit or Rollback succeeds (wrapTx), so in
+// every reset mode ResetSession rolls back a transaction a failed rollback
+// left open before the next user gets the connection.
 var (
 	_ driver.Conn               = (*conn)(nil)
 	_ driver.ConnBeginTx        = (*conn)(nil)
