@@ -185,9 +185,10 @@ func (r *ready) reconcile() time.Duration {
 	case r.slots == 0 && r.slotsProbing:
 		need = 0
 	case r.slots == 0:
-		// The first connection reads the server's slots before any other
-		// is dialled.
-		need = min(need, 1-r.dialing)
+		// The first connection reads the server's slots before keep-warm
+		// dials beyond it; pool_prewarm's connections (the pool's own
+		// idle count) are dialled together as usual.
+		need = min(need, max(r.prewarmOwed, 1)-r.dialing)
 	case r.slots > 0:
 		// Keep-warm never takes the server's last slots: this
 		// connector's connections — in use, ready and being dialled —
