@@ -26,6 +26,11 @@ import (
 // rolling back a transaction whose context was cancelled; that is safe because
 // IsValid reports a connection the inner driver closed (pgx closes it when a
 // rollback fails) and ResetSession refuses one that is still in a transaction.
+// pgx reports its transaction status; for every other inner driver (lib/pq,
+// a foreign connector given to NewConnector) BeginTx marks the connection as
+// maybe in a transaction until Commit or Rollback succeeds (wrapTx), so in
+// every reset mode ResetSession rolls back a transaction a failed rollback
+// left open before the next user gets the connection.
 var (
 	_ driver.Conn               = (*conn)(nil)
 	_ driver.ConnBeginTx        = (*conn)(nil)
@@ -61,10 +66,13 @@ type conn struct {
 
 	// The deadline watchdog (watchdog.go), for a non-pgx connection whose
 	// socket warmpg dialled: nc is that socket.
-	nc        net.Conn
-	watchMu   sync.Mutex
-	stopWatch func() bool
-	timedOut  atomic.Bool // a watchdog fired: the protocol state is unknown
+	nc         net.Conn
+	watchMu    sync.Mutex
+	watchSeq   uint64      // tokens handed out
+	watchTok   uint64      // the armed one's; 0: disarmed
+	stopWatch  func() bool // stops the armed one's context.AfterFunc
+	graceTimer *time.Timer // the armed one's grace, once its context ended
+	timedOut   atomic.Bool // a watchdog fired: the protocol state is unknown
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -135,7 +143,8 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	if st := c.clientStmt(query); st != nil {
 		return st, nil
 	}
-	return c.inner.Prepare(query)
+	st, err := c.inner.Prepare(query)
+	return c.wrapStmt(st), err
 }
 
 func (c *conn) Close() error {
@@ -147,7 +156,8 @@ func (c *conn) Close() error {
 }
 
 func (c *conn) Begin() (driver.Tx, error) {
-	return c.inner.Begin() //nolint:staticcheck // the legacy method is part of driver.Conn
+	tx, err := c.inner.Begin() //nolint:staticcheck // the legacy method is part of driver.Conn
+	return c.wrapTx(context.Background(), tx, err)
 }
 
 // BeginTx passes to the inner connection, or does what database/sql does for
@@ -168,8 +178,10 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	}
 	if bt, ok := c.inner.(driver.ConnBeginTx); ok {
 		opts.ReadOnly = cannotWrite
-		defer c.watch(ctx)()
-		return bt.BeginTx(ctx, opts)
+		disarm := c.watch(ctx)
+		tx, err := bt.BeginTx(ctx, opts)
+		disarm()
+		return c.wrapTx(ctx, tx, err)
 	}
 	// A driver without BeginTx cannot begin read-only; on a pool_read_only
 	// pool the server refuses writes all the same.
@@ -187,7 +199,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		tx.Rollback()
 		return nil, ctx.Err()
 	}
-	return tx, err
+	return c.wrapTx(ctx, tx, err)
 }
 
 // PrepareContext passes to the inner connection, or does what database/sql
@@ -198,8 +210,10 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 		return st, nil
 	}
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
-		defer c.watch(ctx)()
-		return p.PrepareContext(ctx, query)
+		disarm := c.watch(ctx)
+		st, err := p.PrepareContext(ctx, query)
+		disarm()
+		return c.wrapStmt(st), c.ctxErr(ctx, err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -209,7 +223,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 		st.Close()
 		return nil, ctx.Err()
 	}
-	return st, err
+	return c.wrapStmt(st), err
 }
 
 // ExecContext passes to the inner connection's ExecerContext or legacy
@@ -296,7 +310,11 @@ func (autocommitTx) Rollback() error { return nil }
 // returns nil — prepare on the server — otherwise, or when the inner
 // connection cannot run a query with arguments directly.
 func (c *conn) clientStmt(query string) driver.Stmt {
-	if !c.c.cfg.pgbouncer {
+	if !c.c.cfg.pgbouncer || (c.pgx == nil && firstWord(query) == "copy") {
+		// COPY is no query with arguments: lib/pq's Prepare starts
+		// COPY FROM STDIN, and each Exec sends a row. It needs no named
+		// statement, and works through a transaction-mode pooler inside
+		// a transaction.
 		return nil
 	}
 	_, canExec := c.inner.(driver.ExecerContext)

@@ -37,6 +37,9 @@ type Connector struct {
 	// ownPgx: the inner connector is the pgx one warmpg built, whose
 	// ResetSession repeats checks warmpg made and does nothing else.
 	ownPgx bool
+	// ownInner: the inner connector is one warmpg built from a DSN, so its
+	// server is PostgreSQL's own (keep-warm reads its connection slots).
+	ownInner bool
 }
 
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
@@ -80,6 +83,7 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 	}
 	c := newConnector(ic, cfg)
 	c.ownPgx = cfg.backend == BackendPgx
+	c.ownInner = true
 	return c, nil
 }
 
@@ -153,8 +157,9 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 			return nil, "", err
 		}
 		// lib/pq does not expose its socket; this dialer hands it to
-		// Connect for check mode's peek.
-		pc.Dialer(socketDialer{})
+		// Connect for check mode's peek and the watchdog, and bounds
+		// lib/pq's CancelRequest connections.
+		pc.Dialer(socketDialer{cancelBound: max(cfg.cancelGrace, minCancelBound)})
 		return pc, tsa, nil
 	default:
 		pc, err := pgx.ParseConfig(dsn)
@@ -369,7 +374,20 @@ type socketSlotKey struct{}
 // socketDialer is lib/pq's Dialer and DialerContext: a net.Dialer that also
 // puts the socket it dials into the Connect's socketSlot. With
 // sslmode=prefer lib/pq may dial twice; the last socket is the one kept.
-type socketDialer struct{}
+//
+// A dial with no slot is lib/pq's CancelRequest connection (every Connect
+// goes through dialOnce, which adds one). lib/pq waits on it, with no
+// deadline, until the server closes it — forever on a hung server, and a
+// prepared statement's execution waits for that before it returns. Such a
+// socket gets a deadline cancelBound after the dial: pool_cancel_grace, or
+// minCancelBound when that is shorter. A server that answers closes it
+// within a round trip.
+type socketDialer struct {
+	cancelBound time.Duration
+}
+
+// minCancelBound is the least time a CancelRequest connection is given.
+const minCancelBound = time.Second
 
 func (d socketDialer) Dial(network, address string) (net.Conn, error) {
 	return d.DialContext(context.Background(), network, address)
@@ -381,14 +399,22 @@ func (d socketDialer) DialTimeout(network, address string, timeout time.Duration
 	return d.DialContext(ctx, network, address)
 }
 
-func (socketDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+func (d socketDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	var nd net.Dialer
+	slot, ok := ctx.Value(socketSlotKey{}).(*socketSlot)
+	if !ok && d.cancelBound > 0 {
+		ctx2, cancel := context.WithTimeout(ctx, d.cancelBound)
+		defer cancel()
+		ctx = ctx2
+	}
 	nc, err := nd.DialContext(ctx, network, address)
 	if err != nil {
 		return nil, err
 	}
-	if slot, ok := ctx.Value(socketSlotKey{}).(*socketSlot); ok {
+	if ok {
 		slot.nc = nc
+	} else if d.cancelBound > 0 {
+		nc.SetDeadline(time.Now().Add(d.cancelBound))
 	}
 	return nc, nil
 }

@@ -46,10 +46,20 @@ type Driver struct {
 	connector *Connector // nil for the registered driver
 }
 
-// Open opens one connection for the DSN name. database/sql calls OpenConnector
-// instead; Open exists for code that uses a driver.Driver directly.
+// Open opens one connection. database/sql calls OpenConnector instead; Open
+// exists for code that uses a driver.Driver directly (a wrapper that knows
+// only driver.Driver makes database/sql call it for every connection).
+//
+// On the Driver a *sql.DB reports (db.Driver()), Open connects through that
+// DB's Connector, whatever name says. On the registered driver it parses
+// name and opens one connection with no background work: there is no pool
+// for pool_prewarm to warm or pool_min_idle_conns to keep warm, so they
+// have no effect there; the other settings apply to the connection.
 func (d *Driver) Open(name string) (driver.Conn, error) {
-	c, err := d.OpenConnector(name)
+	if d.connector != nil {
+		return d.connector.Connect(context.Background())
+	}
+	c, err := openConnector(name, nil)
 	if err != nil {
 		return nil, err
 	}

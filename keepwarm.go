@@ -38,6 +38,14 @@ type ready struct {
 	prewarmTotal int       // pool_prewarm's count, for its log events
 	started      time.Time // when the filler started
 
+	// slots is the server's connection slots not reserved for superusers
+	// (see serverSlots): keep-warm's connections stay within half of them.
+	// 0: not read yet (the first dial reads it, alone); -1: no limit
+	// (unknown, through PgBouncer, or keep-warm off).
+	slots        int
+	slotsProbing bool
+	slotsLogged  bool
+
 	wake chan struct{} // buffered 1: something changed, reconcile
 	// changed is closed and replaced whenever a dial ends, to wake the
 	// Connects waiting for one (await); waiters counts them.
@@ -98,7 +106,10 @@ func (c *Connector) startReady(prewarm bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &ready{c: c, prewarmOwed: owed, prewarmTotal: owed, started: time.Now(),
 		live: map[*conn]struct{}{}, wake: make(chan struct{}, 1),
-		changed: make(chan struct{}), ctx: ctx, cancel: cancel}
+		changed: make(chan struct{}), ctx: ctx, cancel: cancel, slots: -1}
+	if c.cfg.keepWarm() && c.ownInner && !c.cfg.pgbouncer {
+		r.slots = 0 // read at the first dial
+	}
 	c.ready = r
 	r.reconcile() // start the first dials now, so a Connect right away can await them
 	r.wg.Add(1)
@@ -170,6 +181,26 @@ func (r *ready) reconcile() time.Duration {
 		overlap := min(retiring, cfg.minIdleConns)
 		need = min(need, cfg.maxConns+overlap-len(r.live)-len(r.conns)-r.dialing)
 	}
+	switch {
+	case r.slots == 0 && r.slotsProbing:
+		need = 0
+	case r.slots == 0:
+		// The first connection reads the server's slots before keep-warm
+		// dials beyond it; pool_prewarm's connections (the pool's own
+		// idle count) are dialled together as usual.
+		need = min(need, max(r.prewarmOwed, 1)-r.dialing)
+	case r.slots > 0:
+		// Keep-warm never takes the server's last slots: this
+		// connector's connections — in use, ready and being dialled —
+		// stay within half of those not reserved for superusers.
+		allowed := r.slots/2 - len(r.live) - len(r.conns) - r.dialing
+		if need > allowed && !r.slotsLogged {
+			r.slotsLogged = true
+			cfg.logEvent(slog.LevelWarn, "warmpg: keep-warm holds fewer ready connections than pool_min_idle_conns: it stays within half of the server's connection slots",
+				"pool_min_idle_conns", cfg.minIdleConns, "server_slots", r.slots, "in_use", len(r.live))
+		}
+		need = min(need, allowed)
+	}
 	var wait time.Duration
 	limit := cfg.parallelism(max(need, 1))
 	if r.failures > 0 {
@@ -224,6 +255,15 @@ func (r *ready) dial() {
 		return
 	}
 	r.failures = 0
+	if r.slots == 0 && !r.slotsProbing {
+		r.slotsProbing = true
+		r.mu.Unlock()
+		pctx, pcancel := context.WithTimeout(r.ctx, r.c.cfg.warmTimeout)
+		slots := r.c.serverSlots(pctx, base)
+		pcancel()
+		r.mu.Lock()
+		r.slots, r.slotsProbing = slots, false
+	}
 	if r.prewarmOwed > 0 {
 		r.prewarmOwed--
 		r.logPrewarm()
@@ -237,6 +277,35 @@ func (r *ready) dial() {
 		w.Close()
 	}
 	r.poke()
+}
+
+// slotsSQL reads the connection slots an ordinary role may use:
+// max_connections less superuser_reserved_connections and (PostgreSQL 16
+// and later) reserved_connections.
+const slotsSQL = "select current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int" +
+	" - coalesce(current_setting('reserved_connections', true)::int, 0)"
+
+// serverSlots reads slotsSQL on a new connection (no statement of the
+// application's has run on it; lib/pq's watchdog bounds it), or returns
+// -1 — no limit — if it cannot.
+func (c *Connector) serverSlots(ctx context.Context, base *conn) int {
+	rows, err := base.QueryContext(ctx, slotsSQL, nil)
+	if err != nil {
+		c.cfg.logEvent(slog.LevelWarn, "warmpg: keep-warm could not read the server's connection slots; not limited by them", "error", err)
+		return -1
+	}
+	defer rows.Close()
+	dest := make([]driver.Value, 1)
+	if err := rows.Next(dest); err != nil {
+		return -1
+	}
+	switch n := dest[0].(type) {
+	case int64:
+		return max(int(n), 1)
+	case int32:
+		return max(int(n), 1)
+	}
+	return -1
 }
 
 // logPrewarm logs the background prewarm's progress after a connection

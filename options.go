@@ -26,6 +26,11 @@ const (
 	// that refuses connections or is starting up, when
 	// pool_connect_retry_timeout is not set.
 	DefaultConnectRetryTimeout = 5 * time.Second
+	// DefaultCancelGrace is how long, on lib/pq, a statement whose context
+	// ended may still take to return after lib/pq's CancelRequest before
+	// warmpg's watchdog breaks the connection, when pool_cancel_grace is not
+	// set (see WithCancelGrace).
+	DefaultCancelGrace = time.Second
 	// defaultMaxIdleConns is database/sql's own default, kept when neither
 	// pool_max_idle_conns nor pool_max_conns is set.
 	defaultMaxIdleConns = 2
@@ -84,6 +89,7 @@ type config struct {
 	connectRetry    time.Duration
 	warmParallelism int // 0: DefaultWarmParallelism
 	warmTimeout     time.Duration
+	cancelGrace     time.Duration
 	pgbouncer       bool
 	// standbyOnly: the DSN's target_session_attrs asks for a standby
 	// (standby, prefer-standby; read-only without pool_read_only), so a
@@ -101,6 +107,7 @@ func newConfig() config {
 		reset:        ResetCheck,
 		warmTimeout:  DefaultWarmTimeout,
 		connectRetry: DefaultConnectRetryTimeout,
+		cancelGrace:  DefaultCancelGrace,
 	}
 }
 
@@ -197,6 +204,7 @@ const (
 	bitConnectRetry
 	bitPgBouncer
 	bitLogLevel
+	bitCancelGrace
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -236,6 +244,7 @@ var params = []param{
 	{"pool_connect_retry_timeout", bitConnectRetry, durationParser(func(c *config) *time.Duration { return &c.connectRetry }, false)},
 	{"pool_warm_parallelism", bitWarmParallelism, intParser(func(c *config) *int { return &c.warmParallelism }, 1, MaxWarmParallelism)},
 	{"pool_warm_timeout", bitWarmTimeout, durationParser(func(c *config) *time.Duration { return &c.warmTimeout }, true)},
+	{"pool_cancel_grace", bitCancelGrace, durationParser(func(c *config) *time.Duration { return &c.cancelGrace }, false)},
 	{"pool_pgbouncer", bitPgBouncer, boolParser(func(c *config) *bool { return &c.pgbouncer })},
 	{"pool_log_level", bitLogLevel, func(c *config, v string) error {
 		l, err := ParseLogLevel(v)
@@ -543,6 +552,22 @@ func WithWarmParallelism(n int) Option {
 // (pool_warm_timeout; default DefaultWarmTimeout).
 func WithWarmTimeout(d time.Duration) Option {
 	return durationOption("pool_warm_timeout", bitWarmTimeout, d, true, func(c *config) *time.Duration { return &c.warmTimeout })
+}
+
+// WithCancelGrace sets, for pool_backend=pq, how long a statement whose
+// context ended may take to return before warmpg breaks its connection
+// (pool_cancel_grace; default DefaultCancelGrace, 1 s). When the context
+// ends, lib/pq sends the server a CancelRequest at once, and the server
+// fails the statement (57014) with its work undone; a hung server (frozen,
+// behind a black hole) never answers, so after the grace warmpg's watchdog
+// sets a past deadline on the socket: every statement through warmpg's
+// connection returns within its deadline plus the grace. 0 sets the
+// deadline when the context ends, before the CancelRequest can reach the
+// server: the statement returns at once, but the server may still finish
+// and commit its work. pgx ends a statement at its deadline itself and
+// ignores this setting.
+func WithCancelGrace(d time.Duration) Option {
+	return durationOption("pool_cancel_grace", bitCancelGrace, d, false, func(c *config) *time.Duration { return &c.cancelGrace })
 }
 
 // WithPgBouncer makes connections work through a pooler in transaction

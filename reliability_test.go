@@ -878,11 +878,13 @@ func faultRecovered(t *testing.T, ctx context.Context, db *sql.DB, base int, wha
 }
 
 // TestFaultHungServerLibPQDeadline: with pool_backend=pq a query on a
-// server that does not answer ends at its context deadline. lib/pq alone
-// only sends a CancelRequest, which the hung server never reads, and blocked
-// until the server woke; warmpg's watchdog (watchdog.go) sets a past
-// deadline on lib/pq's socket when the context ends. The connection is then
-// discarded, and the pool answers once the server resumes.
+// server that does not answer ends at its context deadline plus
+// pool_cancel_grace. lib/pq alone only sends a CancelRequest, which the
+// hung server never reads, and blocked until the server woke; warmpg's
+// watchdog (watchdog.go) sets a past deadline on lib/pq's socket when the
+// statement has not returned a grace after its context ended. The
+// connection is then discarded, and the pool answers once the server
+// resumes.
 func TestFaultHungServerLibPQDeadline(t *testing.T) {
 	ctx := ctxT(t, time.Minute)
 	srv := faultCluster(t, ctx)
@@ -906,10 +908,10 @@ func TestFaultHungServerLibPQDeadline(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("want context.DeadlineExceeded, got %v", err)
 		}
-		if d > faultHangDeadline+faultHangMargin {
-			t.Errorf("lib/pq: returned after %s, deadline %s", d.Round(time.Millisecond), faultHangDeadline)
+		if d > faultHangDeadline+warmpg.DefaultCancelGrace+faultHangMargin {
+			t.Errorf("lib/pq: returned after %s, deadline %s + grace %s", d.Round(time.Millisecond), faultHangDeadline, warmpg.DefaultCancelGrace)
 		}
-	case <-time.After(faultHangDeadline + 3*time.Second):
+	case <-time.After(faultHangDeadline + warmpg.DefaultCancelGrace + 3*time.Second):
 		faultThaw(srv)
 		<-done
 		t.Fatalf("lib/pq: a query with a %s deadline still blocked %s later against a frozen server", faultHangDeadline, 3*time.Second)

@@ -426,6 +426,7 @@ func (c *conn) innerPing(ctx context.Context) error {
 		return c.pgx.Conn().PgConn().Ping(ctx)
 	}
 	if p, ok := c.inner.(driver.Pinger); ok {
+		defer c.watch(ctx)() // lib/pq: bounded by ctx as the application's statements are
 		return p.Ping(ctx)
 	}
 	// No Pinger: a statement is the only way to ask.
@@ -440,6 +441,7 @@ func (c *conn) exec(ctx context.Context, sql string) error {
 		return err
 	}
 	if e, ok := c.inner.(driver.ExecerContext); ok {
+		defer c.watch(ctx)() // lib/pq: bounded by ctx as the application's statements are
 		_, err := e.ExecContext(ctx, sql, nil)
 		return err
 	}

@@ -17,9 +17,12 @@ type WarmReport struct {
 	// Requested is how many connections WarmDB set out to hold at once.
 	Requested int
 	// Warmed is how many it held: new connections plus idle ones it found.
-	// They are idle in the pool when WarmDB returns.
+	// They are idle in the pool when WarmDB returns, or in use by the
+	// application if WarmDB gave them back early to requests waiting for one.
 	Warmed int
-	// Failed is Requested - Warmed.
+	// Failed is Requested - Warmed: connections that failed, and those not
+	// warmed because the application held or awaited the pool's connections
+	// (ErrWarmYielded).
 	Failed int
 	// Parallelism is the most connections dialled at once.
 	Parallelism int
@@ -50,6 +53,15 @@ func (r WarmReport) String() string {
 // pool count), dialling at most pool_warm_parallelism at a time, within ctx
 // and pool_warm_timeout, then returns them all to the pool. A count above the
 // DB's MaxOpenConns is refused, since it could never be held at once.
+//
+// Warming never makes the application wait for a connection. On a pool with
+// a MaxOpenConns limit, WarmDB asks for a connection only while one is free,
+// and as soon as any request waits for one (db.Stats().WaitCount rises,
+// checked every 2 ms) it gives back all it holds — to the waiters, or idle
+// in the pool, warm — and stops. What it did not warm is counted in
+// WarmReport.Failed and the error wraps ErrWarmYielded. Two WarmDB calls on
+// one pool therefore yield to each other rather than wait: together they
+// warm what is free, and return.
 //
 // When some connections fail, the others stay warm, the report says how many,
 // and the error joins the distinct failures (the server's own message
@@ -116,8 +128,23 @@ func warmDB(ctx context.Context, db *sql.DB, c *Connector, opts []Option) (WarmR
 	return rep, err
 }
 
+// ErrWarmYielded is the failure WarmDB reports, in its error and in
+// WarmReport.Failed, for connections it did not warm because the pool had
+// none free or the application was waiting for one (see WarmDB).
+var ErrWarmYielded = errors.New("warmpg: not warmed: the pool's connections were in use or awaited by the application")
+
+// yieldPoll is how often warm looks for application requests waiting for
+// a connection while it holds some.
+const yieldPoll = 2 * time.Millisecond
+
 // warm holds n connections of db at once, dialling at most p at a time, then
-// returns them all to the pool.
+// returns them all to the pool. On a pool with a MaxOpenConns limit it
+// never makes the application wait: it asks for a connection only while
+// one is free (InUse below the limit), and as soon as a request of anyone's
+// waits for one (db.Stats().WaitCount rises) it gives back every
+// connection it holds — each goes to a waiter or to the idle pool, warm —
+// and every one its dials still in flight bring, starts no more, and
+// reports the rest as not warmed (ErrWarmYielded).
 func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg *config) (WarmReport, error) {
 	rep := WarmReport{Requested: n, Parallelism: p}
 	start := time.Now()
@@ -126,45 +153,113 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// yctx ends when warm yields to the application, or with ctx.
+	yctx, yield := context.WithCancelCause(ctx)
+	defer yield(nil)
 
 	var (
-		mu    sync.Mutex
-		held  = make([]*sql.Conn, 0, n)
-		fails = map[string]*warmFailure{}
-		order []string
+		mu      sync.Mutex
+		held    = make([]*sql.Conn, 0, n)
+		warmed  int
+		yielded bool
+		fails   = map[string]*warmFailure{}
+		order   []string
 	)
+	st := db.Stats()
+	limit, waits := st.MaxOpenConnections, st.WaitCount
+	stopWatch := func() {}
+	if limit > 0 {
+		// Without a limit database/sql never makes a request wait.
+		done := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(yieldPoll)
+			defer tick.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-yctx.Done():
+					return
+				case <-tick.C:
+				}
+				if db.Stats().WaitCount == waits {
+					continue
+				}
+				yield(ErrWarmYielded)
+				mu.Lock()
+				yielded = true
+				give := held
+				held = nil
+				mu.Unlock()
+				for _, c := range give {
+					c.Close() // to a waiter, or idle in the pool
+				}
+				return
+			}
+		}()
+		stopWatch = func() { close(done); wg.Wait() }
+	}
+	fail := func(err error) {
+		mu.Lock()
+		recordFailure(fails, &order, err)
+		mu.Unlock()
+	}
 	var g errgroup.Group
 	g.SetLimit(p)
 	for i := 0; i < n; i++ {
-		if ctx.Err() != nil {
+		if yctx.Err() != nil {
 			// Do not start dials that cannot succeed; count them as failed.
-			mu.Lock()
-			recordFailure(fails, &order, context.Cause(ctx))
-			mu.Unlock()
+			fail(context.Cause(yctx))
 			continue
 		}
 		g.Go(func() error {
-			conn, err := db.Conn(ctx)
-			mu.Lock()
-			if err != nil {
-				recordFailure(fails, &order, err)
-				mu.Unlock()
+			if yctx.Err() != nil {
+				fail(context.Cause(yctx))
 				return nil
 			}
-			held = append(held, conn)
-			warmed := len(held)
-			mu.Unlock()
-			if progressStep(warmed, n) && warmed < n {
-				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", warmed, "requested", n, "elapsed", time.Since(start))
+			if limit > 0 && db.Stats().InUse >= limit {
+				// The request would wait for a connection someone else
+				// holds: leave the rest to the application.
+				yield(ErrWarmYielded)
+				fail(ErrWarmYielded)
+				return nil
+			}
+			// ctx, not yctx: a dial in flight when warm yields completes,
+			// and its connection goes to a waiter (below).
+			conn, err := db.Conn(ctx)
+			if err != nil {
+				fail(err)
+				return nil
+			}
+			mu.Lock()
+			warmed++
+			now := warmed
+			if yielded {
+				mu.Unlock()
+				conn.Close() // a waiter needs it more
+			} else {
+				held = append(held, conn)
+				mu.Unlock()
+			}
+			if progressStep(now, n) && now < n {
+				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", now, "requested", n, "elapsed", time.Since(start))
 			}
 			return nil
 		})
 	}
 	g.Wait()
+	stopWatch()
 	rep.Elapsed = time.Since(start)
-	rep.Warmed = len(held)
+	rep.Warmed = warmed
 	rep.Failed = n - rep.Warmed
-	for _, c := range held {
+	mu.Lock()
+	give := held
+	held = nil
+	mu.Unlock()
+	for _, c := range give {
 		c.Close() // back to the idle pool
 	}
 	if rep.Failed == 0 {

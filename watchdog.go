@@ -3,6 +3,7 @@ package warmpg
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"io"
 	"reflect"
@@ -11,46 +12,111 @@ import (
 )
 
 // The deadline watchdog, for drivers that do not end a statement when its
-// context ends. lib/pq only sends a CancelRequest, which a hung server never
-// reads, so a query with a 2 s deadline on a frozen server blocked until the
-// server woke (RELIABILITY.md). For connections whose socket warmpg dialled
-// (lib/pq through OpenConnector), a statement's context now arms a
-// watchdog: when the context ends before the statement does, it sets a past
-// deadline on the socket, the driver's read fails at once, and the
-// connection — its protocol state unknown — is never handed out again
-// (IsValid, ResetSession). pgx sets such a deadline itself and is left alone.
+// context ends by themselves. lib/pq sends a CancelRequest on a second
+// connection when the context ends; the server then fails the statement
+// (57014) with its work undone. A hung server (frozen, behind a black hole)
+// never reads that request, and lib/pq alone blocked until the server woke
+// (RELIABILITY.md). For connections whose socket warmpg dialled (lib/pq
+// through OpenConnector), each statement's context arms a watchdog: when the
+// context ends it waits pool_cancel_grace for the statement to return —
+// cancelled by lib/pq's CancelRequest, which goes out at once — and only if
+// it has not, sets a past deadline on the socket. The driver's read then
+// fails at once, and the connection — its protocol state unknown — is never
+// handed out again (IsValid, ResetSession). So a deadline bounds every
+// statement by deadline + grace, and a statement the server can still
+// cancel is cancelled, not cut off while the server goes on to commit it.
+// pgx sets such a deadline itself and is left alone.
 //
-// The watchdog is disarmed when the statement is done: after Exec, Ping and
-// BeginTx return, and for a query when its rows are closed (the rows are
-// wrapped for that alone, declaring the optional column interfaces with the
-// same fallbacks database/sql uses when they are missing).
+// The watchdog is disarmed when the statement is done: after Exec, Ping,
+// Prepare, BeginTx, Commit and Rollback return, and for a query when its
+// rows are closed (the rows are wrapped for that alone, declaring the
+// optional column interfaces with the same fallbacks database/sql uses when
+// they are missing). Each arming has its own token: context.AfterFunc runs
+// its function in a goroutine of its own, which may start after the
+// statement was done and the connection handed to someone else. The
+// callback and the grace timer act, under watchMu, only while their token
+// is the current one, and disarm clears it under watchMu: once disarm has
+// returned, nothing of that arming touches the connection.
+
+// pastDeadline is in the past: every read and write fails at once.
+var pastDeadline = time.Unix(1, 0)
 
 // watch arms the watchdog for ctx, disarming any earlier one. It returns the
-// disarm function, or a no-op when there is nothing to watch.
+// function that disarms this arming (and no later one), or a no-op when
+// there is nothing to watch.
 func (c *conn) watch(ctx context.Context) func() {
 	c.disarm()
 	if c.nc == nil || ctx.Done() == nil {
 		return noop
 	}
-	stop := context.AfterFunc(ctx, func() {
-		c.timedOut.Store(true)
-		c.nc.SetDeadline(time.Unix(1, 0)) // in the past: every read and write fails now
-	})
 	c.watchMu.Lock()
-	c.stopWatch = stop
+	c.watchSeq++
+	tok := c.watchSeq
+	c.watchTok = tok
 	c.watchMu.Unlock()
-	return c.disarm
-}
-
-// disarm stops the armed watchdog, if any. database/sql may close rows from
-// its own goroutine, hence the lock.
-func (c *conn) disarm() {
+	stop := context.AfterFunc(ctx, func() { c.ctxEnded(tok) })
 	c.watchMu.Lock()
-	stop := c.stopWatch
-	c.stopWatch = nil
+	if c.watchTok == tok {
+		c.stopWatch = stop
+		stop = nil
+	}
 	c.watchMu.Unlock()
 	if stop != nil {
 		stop()
+	}
+	return func() { c.disarmToken(tok) }
+}
+
+// ctxEnded runs when the context of arming tok ends: unless that arming was
+// disarmed meanwhile, it starts the grace, after which the socket gets a
+// past deadline.
+func (c *conn) ctxEnded(tok uint64) {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	if c.watchTok != tok {
+		return // the statement was done before this ran
+	}
+	grace := c.c.cfg.cancelGrace
+	if grace <= 0 {
+		c.cutLocked()
+		return
+	}
+	c.graceTimer = time.AfterFunc(grace, func() {
+		c.watchMu.Lock()
+		defer c.watchMu.Unlock()
+		if c.watchTok == tok {
+			c.cutLocked()
+		}
+	})
+}
+
+// cutLocked sets the past deadline and marks the connection unusable
+// (watchMu held).
+func (c *conn) cutLocked() {
+	c.timedOut.Store(true)
+	c.nc.SetDeadline(pastDeadline)
+}
+
+// disarm stops the armed watchdog, whichever arming it is. database/sql may
+// close rows from its own goroutine, hence the lock.
+func (c *conn) disarm() { c.disarmToken(0) }
+
+// disarmToken stops arming tok if it is still the current one; tok 0
+// stops any.
+func (c *conn) disarmToken(tok uint64) {
+	c.watchMu.Lock()
+	if tok != 0 && c.watchTok != tok {
+		c.watchMu.Unlock()
+		return
+	}
+	stop, timer := c.stopWatch, c.graceTimer
+	c.stopWatch, c.graceTimer, c.watchTok = nil, nil, 0
+	c.watchMu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	if timer != nil {
+		timer.Stop()
 	}
 }
 
@@ -58,16 +124,22 @@ func (c *conn) disarm() {
 func (c *conn) armed() bool {
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
-	return c.stopWatch != nil
+	return c.watchTok != 0
 }
 
 func noop() {}
 
-// ctxErr makes an error the watchdog caused (an i/o timeout on the socket)
-// say why: the context's error, wrapping the driver's.
+// ctxErr makes an error the context's end caused — the server cancelled
+// the statement (57014, after lib/pq's CancelRequest), or the watchdog cut
+// the socket (an i/o timeout) — say why: the context's error, wrapping the
+// driver's.
 func (c *conn) ctxErr(ctx context.Context, err error) error {
-	if err == nil || err == io.EOF || !c.timedOut.Load() || ctx.Err() == nil {
-		return err //nolint:errorlint // io.EOF is compared with == by database/sql
+	if err == nil || err == io.EOF || ctx.Err() == nil { //nolint:errorlint // io.EOF is compared with == by database/sql
+		return err
+	}
+	var coded interface{ SQLState() string }
+	if !c.timedOut.Load() && !(errors.As(err, &coded) && coded.SQLState() == "57014") {
+		return err
 	}
 	return fmt.Errorf("%w (%w)", ctx.Err(), err)
 }
@@ -150,3 +222,126 @@ var (
 	_ driver.RowsColumnTypePrecisionScale   = (*watchedRows)(nil)
 	_ driver.RowsNextResultSet              = (*watchedRows)(nil)
 )
+
+// wrapTx wraps a transaction the inner driver began, for what a driver
+// that reports no transaction status needs (every one but pgx): the
+// connection is marked as maybe in a transaction until Commit or Rollback
+// succeeds, so that a transaction a failed rollback left open is rolled
+// back before the next user gets the connection (ResetSession), whatever
+// the inner driver; and on a connection with a watchdog, Commit and
+// Rollback are bounded by the transaction's context as statements are.
+// pgx's transactions are returned as they are: pgx reports the status and
+// ends its statements on the context itself.
+func (c *conn) wrapTx(ctx context.Context, tx driver.Tx, err error) (driver.Tx, error) {
+	if err != nil || c.pgx != nil {
+		return tx, err
+	}
+	c.maybeTx = true
+	return &watchedTx{Tx: tx, c: c, ctx: ctx}, nil
+}
+
+// watchedTx is a transaction of a driver that reports no transaction
+// status (see wrapTx).
+type watchedTx struct {
+	driver.Tx
+	c   *conn
+	ctx context.Context
+}
+
+func (t *watchedTx) Commit() error {
+	disarm := t.c.watch(t.ctx)
+	err := t.Tx.Commit()
+	err = t.c.ctxErr(t.ctx, err)
+	disarm()
+	if err == nil {
+		t.c.maybeTx = false
+	}
+	return err
+}
+
+func (t *watchedTx) Rollback() error {
+	disarm := t.c.watch(t.ctx)
+	err := t.Tx.Rollback()
+	err = t.c.ctxErr(t.ctx, err)
+	disarm()
+	if err == nil {
+		t.c.maybeTx = false
+	}
+	return err
+}
+
+// wrapStmt wraps a statement the inner driver prepared on a connection
+// with a watchdog, so that its executions arm it too. A statement that
+// changes how database/sql converts its arguments (NamedValueChecker,
+// ColumnConverter) is returned as it is: lib/pq's have neither.
+func (c *conn) wrapStmt(st driver.Stmt) driver.Stmt {
+	if st == nil || c.nc == nil {
+		return st
+	}
+	switch st.(type) {
+	case driver.NamedValueChecker, driver.ColumnConverter: //nolint:staticcheck // a driver may still have it
+		return st
+	}
+	return &watchedStmt{Stmt: st, c: c}
+}
+
+var (
+	_ driver.StmtExecContext  = (*watchedStmt)(nil)
+	_ driver.StmtQueryContext = (*watchedStmt)(nil)
+)
+
+// watchedStmt arms its connection's watchdog around each execution. Both
+// context methods are declared, and fall back as database/sql would when
+// the inner statement lacks them (check the context, then Exec or Query);
+// Exec and Query without a context pass through.
+type watchedStmt struct {
+	driver.Stmt
+	c *conn
+}
+
+func (s *watchedStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	var res driver.Result
+	var err error
+	disarm := s.c.watch(ctx)
+	if e, ok := s.Stmt.(driver.StmtExecContext); ok {
+		res, err = e.ExecContext(ctx, args)
+	} else {
+		res, err = s.legacyExec(ctx, args)
+	}
+	err = s.c.ctxErr(ctx, err)
+	disarm()
+	return res, err
+}
+
+func (s *watchedStmt) legacyExec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	values, err := namedValuesToValues(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.Stmt.Exec(values) //nolint:staticcheck // fallback for statements without ExecContext
+}
+
+func (s *watchedStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	var rows driver.Rows
+	var err error
+	disarm := s.c.watch(ctx)
+	if q, ok := s.Stmt.(driver.StmtQueryContext); ok {
+		rows, err = q.QueryContext(ctx, args)
+	} else {
+		var values []driver.Value
+		if values, err = namedValuesToValues(args); err == nil {
+			if err = ctx.Err(); err == nil {
+				rows, err = s.Stmt.Query(values) //nolint:staticcheck // fallback for statements without QueryContext
+			}
+		}
+	}
+	if err != nil || !s.c.armed() {
+		err = s.c.ctxErr(ctx, err)
+		disarm()
+		return rows, err
+	}
+	return &watchedRows{Rows: rows, c: s.c, ctx: ctx, disarm: disarm}, nil
+}
