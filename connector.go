@@ -37,6 +37,9 @@ type Connector struct {
 	// ownPgx: the inner connector is the pgx one warmpg built, whose
 	// ResetSession repeats checks warmpg made and does nothing else.
 	ownPgx bool
+	// ownInner: warmpg built the inner connector (either backend), which
+	// changes nothing in a session after connect (see captureSession).
+	ownInner bool
 }
 
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
@@ -67,6 +70,7 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 	}
 	c := newConnector(ic, cfg)
 	c.ownPgx = cfg.backend == BackendPgx
+	c.ownInner = true
 	return c, nil
 }
 
