@@ -34,7 +34,9 @@ func TestResetModesSQL(t *testing.T) {
 		{ResetNone, func(m sqlmock.Sqlmock) {}, Counters{Clean: 2}},
 		{ResetPing, func(m sqlmock.Sqlmock) { m.ExpectPing() }, Counters{Pinged: 2}},
 		{ResetRollback, func(m sqlmock.Sqlmock) { m.ExpectExec("ROLLBACK").WillReturnResult(sqlmock.NewResult(0, 0)) }, Counters{RolledBack: 2}},
-		{ResetDiscard, func(m sqlmock.Sqlmock) { m.ExpectExec(discardSQL + "; " + deallocSQL).WillReturnResult(sqlmock.NewResult(0, 0)) }, Counters{Reset: 2}},
+		{ResetDiscard, func(m sqlmock.Sqlmock) {
+			m.ExpectExec(discardSQL + "; " + deallocSQL).WillReturnResult(sqlmock.NewResult(0, 0))
+		}, Counters{Reset: 2}},
 	}
 	for _, tc := range cases {
 		t.Run(string(tc.mode), func(t *testing.T) {
