@@ -21,7 +21,9 @@ func conformanceLogin(t *testing.T, ctx context.Context, srv *pgtest.Server) (lo
 	if err := srv.Exec(ctx, fmt.Sprintf("create role %s login; create role %s; grant %s to %s", app, tenant, tenant, app)); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Exec(context.Background(), fmt.Sprintf("drop role if exists %s; drop role if exists %s", app, tenant)) })
+	t.Cleanup(func() {
+		srv.Exec(context.Background(), fmt.Sprintf("drop role if exists %s; drop role if exists %s", app, tenant))
+	})
 	return srv.WithUser(app, ""), app, tenant
 }
 
