@@ -208,7 +208,7 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 				return outDiscarded, errBadConn("ROLLBACK before reuse failed", err)
 			}
 		}
-		if err := c.resetSession(ctx, true); err != nil {
+		if err := c.resetSession(ctx); err != nil {
 			return outDiscarded, err
 		}
 		return outReset, nil
@@ -283,7 +283,7 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 		}
 		why = "session settings changed"
 	}
-	if err := c.resetSession(ctx, false); err != nil {
+	if err := c.resetSession(ctx); err != nil {
 		return outDiscarded, err
 	}
 	out = outReset
@@ -301,24 +301,21 @@ const deallocSQL = "DO $warmpg$DECLARE s text; BEGIN " +
 	"EXECUTE 'DEALLOCATE ' || quote_ident(s); END LOOP; END$warmpg$"
 
 // resetSession returns the session to what it was when the connection was
-// handed out first, in one round trip: discardSQL, the deallocation of SQL
-// PREPAREd statements (always when all is set, as discard mode does; else
-// only after a statement that may have prepared one), and restoreSQL, what
-// the inner connector's own setup had changed. Then settle.
-func (c *conn) resetSession(ctx context.Context, all bool) error {
+// handed out first, in one round trip: discardSQL; deallocSQL after a
+// statement that may have run SQL PREPARE (a DO block costs the server
+// about as much again as discardSQL, so not at every reset); and
+// restoreSQL, what the inner connector's own setup had changed. Then
+// settle.
+func (c *conn) resetSession(ctx context.Context) error {
 	q := discardSQL
-	dealloc := all || c.maybePrepared
-	if dealloc {
+	if c.maybePrepared {
 		q += "; " + deallocSQL
 	}
 	q += c.restoreSQL
 	if err := c.exec(ctx, q); err != nil {
 		return errBadConn("session reset failed", err)
 	}
-	c.maybeSession = false
-	if dealloc {
-		c.maybePrepared = false
-	}
+	c.maybeSession, c.maybePrepared = false, false
 	if err := c.checkServerRole(); err != nil {
 		return err
 	}

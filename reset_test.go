@@ -34,9 +34,7 @@ func TestResetModesSQL(t *testing.T) {
 		{ResetNone, func(m sqlmock.Sqlmock) {}, Counters{Clean: 2}},
 		{ResetPing, func(m sqlmock.Sqlmock) { m.ExpectPing() }, Counters{Pinged: 2}},
 		{ResetRollback, func(m sqlmock.Sqlmock) { m.ExpectExec("ROLLBACK").WillReturnResult(sqlmock.NewResult(0, 0)) }, Counters{RolledBack: 2}},
-		{ResetDiscard, func(m sqlmock.Sqlmock) {
-			m.ExpectExec(discardSQL + "; " + deallocSQL).WillReturnResult(sqlmock.NewResult(0, 0))
-		}, Counters{Reset: 2}},
+		{ResetDiscard, func(m sqlmock.Sqlmock) { m.ExpectExec(discardSQL).WillReturnResult(sqlmock.NewResult(0, 0)) }, Counters{Reset: 2}},
 	}
 	for _, tc := range cases {
 		t.Run(string(tc.mode), func(t *testing.T) {
@@ -165,6 +163,9 @@ func TestPreparedStatementCountsAtExecution(t *testing.T) {
 	mock.ExpectExec("SELECT set_config('role',$1,false)").WithArgs("tenant_a").WillReturnResult(ok)
 	mock.ExpectExec(discardSQL).WillReturnResult(ok) // the reuse
 	mock.ExpectExec("select 2").WillReturnResult(ok)
+	mock.ExpectExec("PREPARE p AS SELECT 1").WillReturnResult(ok)
+	mock.ExpectExec(discardSQL + "; " + deallocSQL).WillReturnResult(ok) // the reuse
+	mock.ExpectExec("select 3").WillReturnResult(ok)
 
 	begin, err := db.Prepare("BEGIN")
 	if err != nil {
@@ -184,11 +185,14 @@ func TestPreparedStatementCountsAtExecution(t *testing.T) {
 		t.Fatal(err)
 	}
 	execOK(t, db, "select 2")
+	// An SQL PREPARE is deallocated, with the rest of the session.
+	execOK(t, db, "PREPARE p AS SELECT 1")
+	execOK(t, db, "select 3")
 	if err := mock.ExpectationsWereMet(); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Stats(); got.RolledBack != 1 || got.Reset != 1 || got.Connects != 1 {
-		t.Errorf("counters %v, want rolled_back=1 reset=1 on one connection", got)
+	if got := c.Stats(); got.RolledBack != 1 || got.Reset != 2 || got.Connects != 1 {
+		t.Errorf("counters %v, want rolled_back=1 reset=2 on one connection", got)
 	}
 }
 
@@ -200,7 +204,7 @@ func TestDiscardAfterSetKeepsTheConnection(t *testing.T) {
 	ok := sqlmock.NewResult(0, 0)
 	mock.ExpectExec("SET statement_timeout = '1s'").WillReturnResult(ok)
 	for range 5 {
-		mock.ExpectExec(discardSQL + "; " + deallocSQL).WillReturnResult(ok)
+		mock.ExpectExec(discardSQL).WillReturnResult(ok)
 		mock.ExpectExec("select 1").WillReturnResult(ok)
 	}
 	execOK(t, db, "SET statement_timeout = '1s'")
