@@ -133,3 +133,33 @@ func TestIntegrationDiscardAfterSetKeepsConnection(t *testing.T) {
 		})
 	}
 }
+
+// The reset after an SQL PREPARE (discardSQL, then a DO block that
+// deallocates the statements prepared with SQL) runs on a hot standby too:
+// the connection is kept and the statement is gone, on both backends, in
+// check and discard modes.
+func TestIntegrationStandbyResetAfterPrepare(t *testing.T) {
+	ctx := ctxT(t, 2*time.Minute)
+	_, standby := replicaPair(t, ctx)
+	for _, b := range backends {
+		for _, mode := range []warmpg.ResetMode{warmpg.ResetCheck, warmpg.ResetDiscard} {
+			t.Run(string(b)+"/"+string(mode), func(t *testing.T) {
+				db, err := warmpg.Open(standby.URL("pool_backend="+string(b), "pool_max_conns=1", "pool_reset="+string(mode)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				if _, err := db.ExecContext(ctx, "PREPARE warmpg_standby_p AS SELECT 1"); err != nil {
+					t.Fatal(err)
+				}
+				var n int
+				if err := db.QueryRowContext(ctx, "select count(*) from pg_prepared_statements where from_sql").Scan(&n); err != nil || n != 0 {
+					t.Errorf("SQL-prepared statements after the reset: %d (%v), want 0", n, err)
+				}
+				if st, _ := warmpg.Stats(db); st.Connects != 1 || st.Reset != 1 || st.Discarded != 0 {
+					t.Errorf("counters %v: want one reset on one connection", st)
+				}
+			})
+		}
+	}
+}
