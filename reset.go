@@ -26,12 +26,13 @@ import (
 //	none      nothing (the inner driver's own ResetSession still runs)
 //	check     local state only; on the clean path nothing is sent. See check.
 //	ping      a ping
+//	rollback  ROLLBACK
+//	discard   resetSession (DISCARD ALL but for DEALLOCATE ALL, see below)
 //
 // In none and ping modes a driver that reports no transaction status
 // (lib/pq) gets a ROLLBACK instead when a statement it ran may have begun a
 // transaction (see noteStatement); pgx discards such a connection itself.
-//	rollback  ROLLBACK
-//	discard   discardSQL (DISCARD ALL but for DEALLOCATE ALL, see below)
+// No mode hands the next user a transaction left open.
 //
 // An error that must discard the connection wraps driver.ErrBadConn: a
 // reset never runs a statement of the application's, so the retry
