@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/warmpg/warmpg/internal/sqltext"
 )
 
 // Every wrapped connection has these. The optional interfaces database/sql
@@ -58,9 +59,14 @@ type conn struct {
 	raw   syscall.RawConn // the socket, for check mode's peek; nil if unknown
 	// params holds reportedParams' values at connect (pgx only).
 	params []string
-	// For drivers that report no transaction status: may a statement since
-	// the last reset have opened a transaction or changed the session?
-	maybeTx, maybeSession bool
+	// What the statements since the last reset may have done (see
+	// noteStatement): opened a transaction (read for drivers that report
+	// no transaction status), changed the session, prepared a statement
+	// with SQL PREPARE.
+	maybeTx, maybeSession, maybePrepared bool
+	// restoreSQL sets back, after a reset, what the inner connector's own
+	// setup changed in the session (see captureSession); "" for none.
+	restoreSQL string
 	// expiresAt is when this connection's own lifetime ends (zero: never).
 	expiresAt time.Time
 
@@ -139,12 +145,14 @@ func Unwrap(driverConn any) any {
 }
 
 func (c *conn) Prepare(query string) (driver.Stmt, error) {
-	c.noteStatement(query)
 	if st := c.clientStmt(query); st != nil {
 		return st, nil
 	}
 	st, err := c.inner.Prepare(query)
-	return c.wrapStmt(st), err
+	if err != nil {
+		return nil, err
+	}
+	return c.wrapStmt(st, scanStatement(query)), nil
 }
 
 func (c *conn) Close() error {
@@ -204,16 +212,26 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 
 // PrepareContext passes to the inner connection, or does what database/sql
 // does for a connection without ConnPrepareContext.
+//
+// A statement whose text may change the session is wrapped (see
+// wrapStmt); a clientStmt notes its text at each execution itself.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	c.noteStatement(query)
 	if st := c.clientStmt(query); st != nil {
 		return st, nil
 	}
+	st, err := c.prepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return c.wrapStmt(st, scanStatement(query)), nil
+}
+
+func (c *conn) prepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
 		disarm := c.watch(ctx)
 		st, err := p.PrepareContext(ctx, query)
 		disarm()
-		return c.wrapStmt(st), c.ctxErr(ctx, err)
+		return st, c.ctxErr(ctx, err)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -223,17 +241,18 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 		st.Close()
 		return nil, ctx.Err()
 	}
-	return c.wrapStmt(st), err
+	return st, err
 }
 
 // ExecContext passes to the inner connection's ExecerContext or legacy
 // Execer, else returns driver.ErrSkip so database/sql prepares the statement.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	c.noteStatement(query)
+	info := c.noteStatement(query)
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		defer c.watch(ctx)()
 		res, err := e.ExecContext(ctx, query, args)
+		c.noteDone(info, err)
 		return res, c.ctxErr(ctx, err)
 	case driver.Execer: //nolint:staticcheck // legacy drivers
 		values, err := namedValuesToValues(args)
@@ -243,7 +262,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		return e.Exec(query, values)
+		res, err := e.Exec(query, values)
+		c.noteDone(info, err)
+		return res, err
 	}
 	return nil, driver.ErrSkip
 }
@@ -310,7 +331,7 @@ func (autocommitTx) Rollback() error { return nil }
 // returns nil — prepare on the server — otherwise, or when the inner
 // connection cannot run a query with arguments directly.
 func (c *conn) clientStmt(query string) driver.Stmt {
-	if !c.c.cfg.pgbouncer || (c.pgx == nil && firstWord(query) == "copy") {
+	if !c.c.cfg.pgbouncer || (c.pgx == nil && sqltext.Keyword(query) == "copy") {
 		// COPY is no query with arguments: lib/pq's Prepare starts
 		// COPY FROM STDIN, and each Exec sends a row. It needs no named
 		// statement, and works through a transaction-mode pooler inside

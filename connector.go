@@ -37,8 +37,10 @@ type Connector struct {
 	// ownPgx: the inner connector is the pgx one warmpg built, whose
 	// ResetSession repeats checks warmpg made and does nothing else.
 	ownPgx bool
-	// ownInner: the inner connector is one warmpg built from a DSN, so its
-	// server is PostgreSQL's own (keep-warm reads its connection slots).
+	// ownInner: warmpg built the inner connector from a DSN (either
+	// backend): its server is PostgreSQL's own (keep-warm reads its
+	// connection slots), and it changes nothing in a session after connect
+	// (see captureSession).
 	ownInner bool
 }
 

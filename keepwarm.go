@@ -448,6 +448,10 @@ func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
 	}
 	c.stats.connects.Add(1)
 	w := wrapConn(ic, c, slot.nc)
+	if err := baseConn(w).captureSession(ctx); err != nil {
+		ic.Close()
+		return nil, nil, err
+	}
 	return w, baseConn(w), nil
 }
 

@@ -772,22 +772,18 @@ func TestPgBouncerSessionState(t *testing.T) {
 				if leaked := bSees != bInitial; leaked == (s.tracked || resetAlways) {
 					t.Errorf("B reads %q (its own before: %q): want A's value to reach B only for a setting the bouncer neither tracks nor resets", bSees, bInitial)
 				}
-				// What check does on A's reuse: pgx sees what is reported
-				// and resets it (then sets back, with set_config, what the
-				// reset took to the bouncer's server defaults, see
-				// TestPgBouncerResetKeepsClientSettings); lib/pq sees the SET
-				// statement. With server_reset_query_always the bouncer's
-				// DISCARD ALL has undone it already, but pgx was not told
-				// (no client was linked when the server reported it): for a
+				// What check does on A's reuse: both backends read the SET
+				// statement and reset (pgx then sets back, with set_config,
+				// what the reset took to the bouncer's server defaults, see
+				// TestPgBouncerResetKeepsClientSettings). With
+				// server_reset_query_always the bouncer's DISCARD ALL has
+				// undone it already, but pgx was not told (no client was
+				// linked when the server reported it): for a reported
 				// setting the bouncer does not track, pgx's value stays
 				// stale, the server reports nothing new, and the connection
 				// is discarded — the safe outcome.
 				wantReuse := "reset"
-				switch {
-				case bk != warmpg.BackendPgx:
-				case !s.reported && (s.name != "search_path" || !pg18):
-					wantReuse = "clean"
-				case resetAlways && !s.tracked:
+				if bk == warmpg.BackendPgx && resetAlways && !s.tracked && (s.reported || (s.name == "search_path" && pg18)) {
 					wantReuse = "discarded"
 				}
 				if reuse != wantReuse {

@@ -6,13 +6,18 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/lib/pq"
+
+	"github.com/warmpg/warmpg/internal/sqltext"
 )
 
 // What ResetSession does, per mode, when database/sql hands out a connection
@@ -21,12 +26,13 @@ import (
 //	none      nothing (the inner driver's own ResetSession still runs)
 //	check     local state only; on the clean path nothing is sent. See check.
 //	ping      a ping
+//	rollback  ROLLBACK
+//	discard   resetSession (DISCARD ALL but for DEALLOCATE ALL, see below)
 //
 // In none and ping modes a driver that reports no transaction status
 // (lib/pq) gets a ROLLBACK instead when a statement it ran may have begun a
 // transaction (see noteStatement); pgx discards such a connection itself.
-//	rollback  ROLLBACK
-//	discard   discardSQL (DISCARD ALL but for DEALLOCATE ALL, see below)
+// No mode hands the next user a transaction left open.
 //
 // An error that must discard the connection wraps driver.ErrBadConn: a
 // reset never runs a statement of the application's, so the retry
@@ -203,13 +209,7 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 				return outDiscarded, errBadConn("ROLLBACK before reuse failed", err)
 			}
 		}
-		if err := c.exec(ctx, discardSQL); err != nil {
-			return outDiscarded, errBadConn("session reset before reuse failed", err)
-		}
-		if err := c.checkServerRole(); err != nil {
-			return outDiscarded, err
-		}
-		if err := c.settle(ctx); err != nil {
+		if err := c.resetSession(ctx); err != nil {
 			return outDiscarded, err
 		}
 		return outReset, nil
@@ -225,16 +225,16 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 //     FATAL;
 //  2. the transaction status: in or after a failed transaction → ROLLBACK
 //     and keep the connection (pgx would discard it and dial anew);
-//  3. the reported settings of reportedParams: in_hot_standby changed →
-//     see checkServerRole; others changed → discardSQL, and discard the
-//     connection if they are still not as they were.
+//  3. the session: a reported setting of reportedParams changed, or a
+//     statement run since the last reset may have changed the session
+//     (noteStatement) → resetSession; in_hot_standby changed → see
+//     checkServerRole.
 //
 // pgx reports transaction status and settings. lib/pq and other drivers
-// report neither, so warmpg reads the statements it passes them instead: a
-// statement that starts with BEGIN or START may have opened a transaction
-// (→ ROLLBACK), one that starts with SET or RESET or calls set_config may
-// have changed the session (→ discardSQL). A change made inside a function
-// is not seen there.
+// report neither: for them the transaction status is what the statements'
+// text says (a BEGIN or START not followed by a COMMIT or ROLLBACK that
+// succeeded → ROLLBACK). A change made inside a function, a procedure or a
+// DO block is not in the text and is not seen.
 func (c *conn) check(ctx context.Context) (outcome, error) {
 	out := outClean
 	switch c.peek() {
@@ -268,33 +268,66 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 		out = outRolledBack
 		c.c.cfg.logEscalation(out, "transaction left open")
 	}
-	// in_hot_standby is one of reportedParams: checkServerRole, which may
-	// take it out of the comparison, need only run when something changed.
-	if c.sessionChanged() {
+	if !c.maybeSession && !c.paramsChanged() {
+		return out, nil
+	}
+	why := "a statement may have changed the session"
+	if !c.maybeSession {
+		// in_hot_standby is one of reportedParams: checkServerRole, which
+		// may take it out of the comparison, need only run when
+		// something changed.
 		if err := c.checkServerRole(); err != nil {
 			return outDiscarded, err
 		}
-	}
-	if c.sessionChanged() {
-		if err := c.exec(ctx, discardSQL); err != nil {
-			return outDiscarded, errBadConn("session reset failed", err)
+		if !c.paramsChanged() {
+			return out, nil
 		}
-		c.maybeSession = false
-		if err := c.settle(ctx); err != nil {
-			return outDiscarded, err
-		}
-		out = outReset
-		c.c.cfg.logEscalation(out, "session settings changed")
+		why = "session settings changed"
 	}
+	if err := c.resetSession(ctx); err != nil {
+		return outDiscarded, err
+	}
+	out = outReset
+	c.c.cfg.logEscalation(out, why)
 	return out, nil
 }
 
-// sessionChanged reports whether a reported setting differs from its value
-// at connect, or, for drivers that report none, whether a statement may
-// have changed the session.
-func (c *conn) sessionChanged() bool {
+// deallocSQL deallocates the statements prepared with SQL PREPARE, and
+// only those: pg_prepared_statements.from_sql is false for those a client
+// prepared through the protocol (pgx's statement cache, a *sql.Stmt),
+// which keep working. A DO block may run in the implicit transaction of a
+// multi-statement query, and on a hot standby.
+const deallocSQL = "DO $warmpg$DECLARE s text; BEGIN " +
+	"FOR s IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP " +
+	"EXECUTE 'DEALLOCATE ' || quote_ident(s); END LOOP; END$warmpg$"
+
+// resetSession returns the session to what it was when the connection was
+// handed out first, in one round trip: discardSQL; deallocSQL after a
+// statement that may have run SQL PREPARE (a DO block costs the server
+// about as much again as discardSQL, so not at every reset); and
+// restoreSQL, what the inner connector's own setup had changed. Then
+// settle.
+func (c *conn) resetSession(ctx context.Context) error {
+	q := discardSQL
+	if c.maybePrepared {
+		q += "; " + deallocSQL
+	}
+	q += c.restoreSQL
+	if err := c.exec(ctx, q); err != nil {
+		return errBadConn("session reset failed", err)
+	}
+	c.maybeSession, c.maybePrepared = false, false
+	if err := c.checkServerRole(); err != nil {
+		return err
+	}
+	return c.settle(ctx)
+}
+
+// paramsChanged reports whether a setting pgx reports differs from its
+// value at connect; false for drivers that report none.
+func (c *conn) paramsChanged() bool {
 	if c.pgx == nil {
-		return c.maybeSession
+		return false
 	}
 	pg := c.pgx.Conn().PgConn()
 	for i, k := range reportedParams {
@@ -347,7 +380,7 @@ func (c *conn) checkServerRole() error {
 // itself changed: a promoted standby's in_hot_standby, or a different
 // role), the connection is refused.
 func (c *conn) settle(ctx context.Context) error {
-	if !c.sessionChanged() {
+	if !c.paramsChanged() {
 		return nil
 	}
 	if c.pgx != nil {
@@ -372,7 +405,7 @@ func (c *conn) settle(ctx context.Context) error {
 			}
 		}
 	}
-	if c.sessionChanged() {
+	if c.paramsChanged() {
 		return errBadConn("session settings changed and could not be reset", nil)
 	}
 	return nil
@@ -530,65 +563,164 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 	return rc
 }
 
-// noteStatement records, for drivers that report neither transaction status
-// nor settings, what a statement may have done to the session.
-func (c *conn) noteStatement(query string) {
-	if c.pgx != nil {
+// notedEffects are what noteStatement records: a transaction begun or
+// ended, and every effect that outlives a transaction.
+const notedEffects = sqltext.Begin | sqltext.End | sqltext.SessionState
+
+// scanStatement reads what a statement's text may do to the session, with
+// sqltext.MayHave first: the single SELECT, INSERT, UPDATE or DELETE that
+// most statements are costs no Scan.
+func scanStatement(query string) sqltext.Info {
+	if !sqltext.MayHave(query, notedEffects) {
+		return sqltext.Info{}
+	}
+	return sqltext.Scan(query)
+}
+
+// noteStatement records what a statement about to run may do to the
+// session (see note) and returns it for noteDone.
+func (c *conn) noteStatement(query string) sqltext.Info {
+	info := scanStatement(query)
+	c.note(info)
+	return info
+}
+
+// note records, before a statement runs, what it may do: begin a
+// transaction (maybeTx: what ResetSession reads for a driver that does not
+// report transaction status) or change the session (maybeSession: check
+// mode resets it).
+func (c *conn) note(info sqltext.Info) {
+	if info.Effects&notedEffects == 0 {
 		return
 	}
-	for _, stmt := range strings.Split(query, ";") {
-		switch firstWord(stmt) {
-		case "begin", "start":
-			c.maybeTx = true
-		case "set", "reset":
-			c.maybeSession = true
-		}
+	if info.Has(sqltext.Begin) {
+		c.maybeTx = true
 	}
-	if containsFold(query, "set_config") {
+	if info.Has(sqltext.SessionState) {
 		c.maybeSession = true
 	}
-}
-
-// firstWord returns a statement's first keyword in lower case, skipping
-// white space, -- comments and /* */ comments.
-func firstWord(s string) string {
-	for {
-		s = strings.TrimLeft(s, " \t\r\n\f(")
-		switch {
-		case strings.HasPrefix(s, "--"):
-			i := strings.IndexByte(s, '\n')
-			if i < 0 {
-				return ""
-			}
-			s = s[i+1:]
-			continue
-		case strings.HasPrefix(s, "/*"):
-			i := strings.Index(s, "*/")
-			if i < 0 {
-				return ""
-			}
-			s = s[i+2:]
-			continue
-		}
-		end := 0
-		for end < len(s) && (s[end] >= 'a' && s[end] <= 'z' || s[end] >= 'A' && s[end] <= 'Z' || s[end] == '_') {
-			end++
-		}
-		return strings.ToLower(s[:end])
+	if info.Has(sqltext.Prepare) {
+		c.maybePrepared = true
 	}
 }
 
-func containsFold(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if strings.EqualFold(s[i:i+len(sub)], sub) {
-			return true
-		}
+// noteDone records, after a statement ran without error, that it ended the
+// transaction it, or one before it, began ("COMMIT"; "BEGIN; …; COMMIT").
+// After an error the transaction may still be open (in a failed state), and
+// maybeTx stays.
+func (c *conn) noteDone(info sqltext.Info, err error) {
+	if err == nil && info.Last == sqltext.End {
+		c.maybeTx = false
 	}
-	return false
 }
 
 // pgxConn returns inner as a *stdlib.Conn, or nil.
 func pgxConn(inner driver.Conn) *stdlib.Conn {
 	sc, _ := inner.(*stdlib.Conn)
 	return sc
+}
+
+// setupSQL reads what a connector's own setup after connect (pgx's
+// OptionAfterConnect, a wrapper's SET) changed in the session that a
+// reset would lose: the settings set for the session (RESET ALL returns
+// each to its value at session start, which the startup packet's, the
+// role's and the database's settings make) and the role (SET SESSION
+// AUTHORIZATION DEFAULT undoes SET ROLE; role is not in pg_settings).
+// session_authorization is not restored: check mode compares it (pgx),
+// and a connection whose session user a reset changed is discarded.
+const setupSQL = "SELECT name, current_setting(name) FROM pg_settings WHERE source = 'session' " +
+	"AND name <> 'session_authorization' " +
+	"UNION ALL SELECT 'role', current_setting('role') WHERE current_setting('role') <> 'none'"
+
+// captureSession records, once at connect, what a reset must set back
+// (restoreSQL). It runs only for a connector warmpg did not build itself —
+// the ones it builds do no setup after connect: what the DSN sets travels
+// in the startup packet and survives RESET ALL — and only on pgx and
+// lib/pq connections. One round trip.
+func (c *conn) captureSession(ctx context.Context) error {
+	if c.c.ownInner {
+		return nil
+	}
+	var pairs [][2]string
+	switch {
+	case c.pgx != nil:
+		rs, err := c.pgx.Conn().PgConn().Exec(ctx, setupSQL).ReadAll()
+		if err != nil {
+			return err
+		}
+		for _, r := range rs {
+			for _, row := range r.Rows {
+				pairs = append(pairs, [2]string{string(row[0]), string(row[1])})
+			}
+		}
+	case isPQ(c.inner):
+		q, ok := c.inner.(driver.QueryerContext)
+		if !ok {
+			return nil
+		}
+		rows, err := q.QueryContext(ctx, setupSQL, nil)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		dest := make([]driver.Value, 2)
+		for {
+			if err := rows.Next(dest); err == io.EOF {
+				break
+			} else if err != nil {
+				return err
+			}
+			pairs = append(pairs, [2]string{textOf(dest[0]), textOf(dest[1])})
+		}
+	default:
+		return nil
+	}
+	c.restoreSQL = restoreStatement(pairs)
+	return nil
+}
+
+// restoreStatement sets each name back to its value, the role last; ""
+// for none.
+func restoreStatement(pairs [][2]string) string {
+	if len(pairs) == 0 {
+		return ""
+	}
+	slices.SortStableFunc(pairs, func(a, b [2]string) int {
+		if (a[0] == "role") == (b[0] == "role") {
+			return 0
+		}
+		if a[0] == "role" {
+			return 1
+		}
+		return -1
+	})
+	var q strings.Builder
+	q.WriteString("; SELECT ")
+	for i, p := range pairs {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(&q, "set_config(%s, %s, false)", pq.QuoteLiteral(p[0]), pq.QuoteLiteral(p[1]))
+	}
+	return q.String()
+}
+
+// isPQ reports whether inner is a lib/pq connection.
+func isPQ(inner driver.Conn) bool {
+	t := reflect.TypeOf(inner)
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t.PkgPath() == "github.com/lib/pq"
+}
+
+// textOf returns a text column's value as lib/pq gives it.
+func textOf(v driver.Value) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case []byte:
+		return string(v)
+	}
+	return fmt.Sprint(v)
 }

@@ -97,22 +97,125 @@ func TestCheckReadsStatementsWhereDriverIsSilent(t *testing.T) {
 	}
 }
 
-func TestFirstWord(t *testing.T) {
-	for in, want := range map[string]string{
-		"  BEGIN":                                "begin",
-		"-- c\n start transaction":               "start",
-		"/* x */ /* y */Set x = 1":               "set",
-		"(select 1)":                             "select",
-		"update t set x=1":                       "update",
-		"":                                       "",
-		"-- only a comment":                      "",
-		"/* unterminated":                        "",
-		"reset all":                              "reset",
-		"\n\tbegin isolation level serializable": "begin",
+// What noteStatement records for a statement's text: a transaction that
+// may be open, a session that may have changed.
+func TestNoteStatement(t *testing.T) {
+	for _, tc := range []struct {
+		sql                string
+		tx, session, prep  bool
+		txAfterSuccessfulQ bool
+	}{
+		{sql: "select 1"},
+		{sql: "UPDATE t SET x = 1"},
+		{sql: "select 'begin; set role x'"},
+		{sql: "/* req=1; user=2 */ BEGIN", tx: true, txAfterSuccessfulQ: true},
+		{sql: "/* x /* y */ z */ BEGIN", tx: true, txAfterSuccessfulQ: true},
+		{sql: "-- c\n start transaction", tx: true, txAfterSuccessfulQ: true},
+		{sql: "begin; insert into t values (1); commit", tx: true},
+		{sql: "SET ROLE tenant_a", session: true},
+		{sql: "SELECT set_config('role', $1, false)", session: true},
+		{sql: "select set_config('app.tenant_id', '7', false)", session: true},
+		{sql: "select set_config('app.tenant_id', '7', true)"},
+		{sql: "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", session: true},
+		{sql: "create temp table t (id int)", session: true},
+		{sql: "select 1 into temp t", session: true},
+		{sql: "select pg_advisory_lock(1)", session: true},
+		{sql: "LISTEN chan", session: true},
+		{sql: "declare c cursor with hold for select 1", session: true},
+		{sql: "PREPARE p AS SELECT 1", session: true, prep: true},
+		{sql: "select 1; set search_path = s1", session: true},
 	} {
-		if got := firstWord(in); got != want {
-			t.Errorf("firstWord(%q) = %q, want %q", in, got, want)
+		c := &conn{}
+		info := c.noteStatement(tc.sql)
+		if c.maybeTx != tc.tx || c.maybeSession != tc.session || c.maybePrepared != tc.prep {
+			t.Errorf("%q: maybeTx %v maybeSession %v maybePrepared %v, want %v %v %v",
+				tc.sql, c.maybeTx, c.maybeSession, c.maybePrepared, tc.tx, tc.session, tc.prep)
 		}
+		c.noteDone(info, nil)
+		if c.maybeTx != tc.txAfterSuccessfulQ {
+			t.Errorf("%q: maybeTx %v after it succeeded, want %v", tc.sql, c.maybeTx, tc.txAfterSuccessfulQ)
+		}
+	}
+	// COMMIT ends a transaction only when it succeeds.
+	c := &conn{}
+	c.noteStatement("begin")
+	c.noteDone(c.noteStatement("commit"), errors.New("failed"))
+	if !c.maybeTx {
+		t.Error("a COMMIT that failed ended the transaction")
+	}
+	c.noteDone(c.noteStatement("commit"), nil)
+	if c.maybeTx {
+		t.Error("a COMMIT that succeeded left maybeTx")
+	}
+}
+
+// A prepared statement's text is read at Prepare and counts at each
+// execution: a *sql.Stmt of BEGIN on a driver that reports no transaction
+// status gets a ROLLBACK on reuse, as an Exec of it does.
+func TestPreparedStatementCountsAtExecution(t *testing.T) {
+	db, mock, c := newMockDB(t)
+	ok := sqlmock.NewResult(0, 0)
+	mock.ExpectPrepare("BEGIN")
+	mock.ExpectPrepare("SELECT set_config('role',$1,false)")
+	mock.ExpectExec("select 1").WillReturnResult(ok) // nothing yet: a Prepare runs nothing
+	mock.ExpectExec("BEGIN").WillReturnResult(ok)
+	mock.ExpectExec("ROLLBACK").WillReturnResult(ok) // the reuse
+	mock.ExpectExec("SELECT set_config('role',$1,false)").WithArgs("tenant_a").WillReturnResult(ok)
+	mock.ExpectExec(discardSQL).WillReturnResult(ok) // the reuse
+	mock.ExpectExec("select 2").WillReturnResult(ok)
+	mock.ExpectExec("PREPARE p AS SELECT 1").WillReturnResult(ok)
+	mock.ExpectExec(discardSQL + "; " + deallocSQL).WillReturnResult(ok) // the reuse
+	mock.ExpectExec("select 3").WillReturnResult(ok)
+
+	begin, err := db.Prepare("BEGIN")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer begin.Close()
+	role, err := db.Prepare("SELECT set_config('role',$1,false)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer role.Close()
+	execOK(t, db, "select 1")
+	if _, err := begin.Exec(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := role.Exec("tenant_a"); err != nil {
+		t.Fatal(err)
+	}
+	execOK(t, db, "select 2")
+	// An SQL PREPARE is deallocated, with the rest of the session.
+	execOK(t, db, "PREPARE p AS SELECT 1")
+	execOK(t, db, "select 3")
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Stats(); got.RolledBack != 1 || got.Reset != 2 || got.Connects != 1 {
+		t.Errorf("counters %v, want rolled_back=1 reset=2 on one connection", got)
+	}
+}
+
+// discard mode on a driver that reports no settings keeps the connection
+// after a SET: the reset clears what the statement reading recorded, and
+// settle has nothing reported to compare.
+func TestDiscardAfterSetKeepsTheConnection(t *testing.T) {
+	db, mock, c := newMockDB(t, WithReset(ResetDiscard))
+	ok := sqlmock.NewResult(0, 0)
+	mock.ExpectExec("SET statement_timeout = '1s'").WillReturnResult(ok)
+	for range 5 {
+		mock.ExpectExec(discardSQL).WillReturnResult(ok)
+		mock.ExpectExec("select 1").WillReturnResult(ok)
+	}
+	execOK(t, db, "SET statement_timeout = '1s'")
+	for range 5 {
+		execOK(t, db, "select 1")
+	}
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Stats(); got.Connects != 1 || got.Discarded != 0 || got.Reset != 5 {
+		t.Errorf("counters %v, want 5 resets on one connection", got)
 	}
 }
 

@@ -76,6 +76,10 @@ type Info struct {
 	// Statements is how many statements the text holds (empty ones, such as
 	// a lone ';' or a comment, not counted).
 	Statements int
+	// Last is Begin or End, whichever of the two the text does last, or 0
+	// if it does neither: "begin; …; commit" leaves no transaction open,
+	// "commit; begin" may.
+	Last Effect
 }
 
 // Has reports whether the text may do any of e.
@@ -98,7 +102,14 @@ func Scan(sql string) Info {
 		if t.kind == tEOF || (t.kind == tSemicolon && l.depth == 0) {
 			if len(stmt) > 0 {
 				info.Statements++
-				info.Effects |= classify(stmt)
+				e := classify(stmt)
+				info.Effects |= e
+				switch {
+				case e&Begin != 0:
+					info.Last = Begin
+				case e&End != 0:
+					info.Last = End
+				}
 				stmt = stmt[:0]
 			}
 			if t.kind == tEOF {
@@ -415,9 +426,12 @@ func classify(t []token) Effect {
 		}
 	}
 	if reads[first] {
-		for _, tk := range t[1:] {
+		for i, tk := range t[1:] {
 			if tk.kind == tWord && writeWords[tk.text] {
 				e |= Write
+				if tk.text == "into" && selectIntoTemp(t[i+2:]) {
+					e |= TempObject // SELECT … INTO TEMP t: CREATE TEMP TABLE AS
+				}
 				break
 			}
 		}
@@ -427,6 +441,24 @@ func classify(t []token) Effect {
 	}
 	e |= functionEffects(t)
 	return e
+}
+
+// selectIntoTemp reports whether the words after a SELECT's INTO make the
+// new table temporary: INTO TEMP, INTO LOCAL TEMPORARY, INTO pg_temp.t.
+func selectIntoTemp(t []token) bool {
+	for i := 0; i < len(t) && i < 3; i++ {
+		if t[i].kind != tWord {
+			return false
+		}
+		switch t[i].text {
+		case "temp", "temporary", "pg_temp":
+			return true
+		case "local", "global":
+			continue
+		}
+		return false
+	}
+	return false
 }
 
 // classifySet classifies SET …; w(i) is the statement's i-th word.
@@ -598,3 +630,20 @@ func (e Effect) String() string {
 
 var effectNames = []string{"Begin", "End", "Savepoint", "Setting", "LocalSetting", "Role", "TempObject",
 	"AdvisoryLock", "Listen", "HoldCursor", "Prepare", "Lock", "Write"}
+
+// Keyword returns the first word of sql's first statement in lower case,
+// past white space, comments and opening parentheses; "" when it starts
+// with anything else.
+func Keyword(sql string) string {
+	l := lexer{s: sql}
+	for {
+		switch t := l.next(); t.kind {
+		case tOpen:
+			continue
+		case tWord:
+			return t.text
+		default:
+			return ""
+		}
+	}
+}

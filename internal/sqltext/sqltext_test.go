@@ -120,6 +120,10 @@ func TestScanEffects(t *testing.T) {
 		{"drop table t", Write},
 		{"vacuum", Write},
 		{"select * into t2 from t", Write},
+		{"select 1 into temp t", Write | TempObject},
+		{"SELECT 1 AS x INTO LOCAL TEMPORARY TABLE t", Write | TempObject},
+		{"select 1 into pg_temp.t", Write | TempObject},
+		{"select 1 into temp_results", Write},
 		{"with d as (delete from t returning *) select * from d", Write},
 		{"explain analyze insert into t values (1)", Write},
 		{"select nextval('s')", Write},
@@ -162,6 +166,67 @@ func TestScanStatements(t *testing.T) {
 	}
 }
 
+func TestScanLast(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		want Effect
+	}{
+		{"select 1", 0},
+		{"begin", Begin},
+		{"commit", End},
+		{"begin; insert into t values (1); commit", End},
+		{"commit; begin", Begin},
+		{"rollback; select 1", End},
+		{"begin; savepoint a; rollback to a", Begin},
+		{"select 'commit'; begin", Begin},
+	} {
+		if got := Scan(tc.sql).Last; got != tc.want {
+			t.Errorf("Scan(%q).Last = %s, want %s", tc.sql, got, tc.want)
+		}
+	}
+}
+
+// MayHave rules out only texts Scan finds without any session or
+// transaction effect.
+func TestMayHave(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		want bool
+	}{
+		{"select 1", false},
+		{"SELECT * FROM t WHERE id = $1", false},
+		{"  /* x /* y */ */ (select 1)", false},
+		{"-- c\ninsert into t values ($1, $2)", false},
+		{"update t set x = 1 where id = $1", false},
+		{"delete from t", false},
+		{"with x as (select 1) select * from x", false},
+		{"select * from t for update", false}, // Lock is not one of them
+		{"select 1;", true},
+		{"select 1; begin", true},
+		{"begin", true},
+		{"set role x", true},
+		{"show search_path", true},
+		{"select set_config('a.b', '1', false)", true},
+		{"SELECT SET_CONFIG('a.b', '1', false)", true},
+		{"select pg_advisory_lock(1)", true},
+		{"select 1 into temp t", true},
+		{"select 'temp'", true}, // a false alarm: Scan decides
+		{"/* unterminated", true},
+		{"selectx", true},
+		{"", true},
+	} {
+		if got := MayHave(tc.sql, quickEffects); got != tc.want {
+			t.Errorf("MayHave(%q) = %v, want %v", tc.sql, got, tc.want)
+		}
+		if !MayHave(tc.sql, quickEffects) && Scan(tc.sql).Has(quickEffects) {
+			t.Errorf("MayHave(%q) is false but Scan finds %s", tc.sql, Scan(tc.sql).Effects)
+		}
+	}
+	if !MayHave("select 1", Write) {
+		t.Error("MayHave cannot rule out Write")
+	}
+}
+
 func TestPlainRead(t *testing.T) {
 	if !Scan("select 1").PlainRead() {
 		t.Error("select 1 is a plain read")
@@ -200,6 +265,9 @@ func FuzzScan(f *testing.F) {
 		if !closedText(s) {
 			return
 		}
+		if !MayHave(s, quickEffects) && a.Effects&quickEffects != 0 {
+			t.Fatalf("MayHave(%q) = false but Scan finds %s", s, a.Effects)
+		}
 		b := Scan(s + "\n; select 1")
 		if b.Effects != a.Effects {
 			t.Fatalf("Scan(%q) = %s but with a select appended %s", s, a.Effects, b.Effects)
@@ -217,4 +285,21 @@ func closedText(s string) bool {
 	for l.next().kind != tEOF {
 	}
 	return !l.open && l.depth == 0
+}
+
+func TestKeyword(t *testing.T) {
+	for in, want := range map[string]string{
+		"COPY t FROM STDIN":          "copy",
+		"  /* a; b */ -- c\n copy t": "copy",
+		"/* x /* y */ z */ Begin":    "begin",
+		"((select 1))":               "select",
+		"":                           "",
+		"'copy'":                     "",
+		";copy t":                    "",
+		"\"copy\" t":                 "",
+	} {
+		if got := Keyword(in); got != want {
+			t.Errorf("Keyword(%q) = %q, want %q", in, got, want)
+		}
+	}
 }
