@@ -58,6 +58,9 @@ type conn struct {
 	maybeTx, maybeSession bool
 	// expiresAt is when this connection's own lifetime ends (zero: never).
 	expiresAt time.Time
+	// ac is the pool_autocommit transaction open on this connection, if any
+	// (autocommit.go).
+	ac *autocommitTx
 
 	// The deadline watchdog (watchdog.go), for a non-pgx connection whose
 	// socket warmpg dialled: nc is that socket.
@@ -135,7 +138,11 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	if st := c.clientStmt(query); st != nil {
 		return st, nil
 	}
-	return c.inner.Prepare(query)
+	st, err := c.inner.Prepare(query)
+	if err != nil {
+		return nil, err
+	}
+	return c.autocommitStmt(st, query), nil
 }
 
 func (c *conn) Close() error {
@@ -153,19 +160,23 @@ func (c *conn) Begin() (driver.Tx, error) {
 // BeginTx passes to the inner connection, or does what database/sql does for
 // a connection without ConnBeginTx. With pool_autocommit, a transaction that
 // cannot write (ReadOnly, or any on a pool_read_only pool) at default or
-// read-committed isolation sends nothing: its statements run in autocommit.
+// read-committed isolation sends nothing: its plain reads run in autocommit
+// until a statement needs a real transaction (autocommit.go).
 // On a pool_read_only pool every transaction is begun read-only.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	cfg := &c.c.cfg
 	cannotWrite := opts.ReadOnly || cfg.readOnly
 	if cfg.autocommit && cannotWrite &&
 		(opts.Isolation == driver.IsolationLevel(sql.LevelDefault) || opts.Isolation == driver.IsolationLevel(sql.LevelReadCommitted)) {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		c.c.stats.acTx.Add(1)
-		return autocommitTx{}, nil
+		return c.beginAutocommit(ctx, opts)
 	}
+	return c.beginTx(ctx, opts)
+}
+
+// beginTx begins a transaction in the inner connection, read-only on a
+// pool_read_only pool.
+func (c *conn) beginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	cannotWrite := opts.ReadOnly || c.c.cfg.readOnly
 	if bt, ok := c.inner.(driver.ConnBeginTx); ok {
 		opts.ReadOnly = cannotWrite
 		defer c.watch(ctx)()
@@ -197,25 +208,35 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if st := c.clientStmt(query); st != nil {
 		return st, nil
 	}
+	var st driver.Stmt
+	var err error
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
-		defer c.watch(ctx)()
-		return p.PrepareContext(ctx, query)
+		disarm := c.watch(ctx)
+		st, err = p.PrepareContext(ctx, query)
+		disarm()
+	} else {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		st, err = c.inner.Prepare(query)
+		if err == nil && ctx.Err() != nil {
+			st.Close()
+			return nil, ctx.Err()
+		}
 	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		return nil, err
 	}
-	st, err := c.inner.Prepare(query)
-	if err == nil && ctx.Err() != nil {
-		st.Close()
-		return nil, ctx.Err()
-	}
-	return st, err
+	return c.autocommitStmt(st, query), nil
 }
 
 // ExecContext passes to the inner connection's ExecerContext or legacy
 // Execer, else returns driver.ErrSkip so database/sql prepares the statement.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	c.noteStatement(query)
+	if err := c.beforeStatement(ctx, query); err != nil {
+		return nil, err
+	}
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		defer c.watch(ctx)()
@@ -238,6 +259,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // Queryer, else returns driver.ErrSkip so database/sql prepares the statement.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	c.noteStatement(query)
+	if err := c.beforeStatement(ctx, query); err != nil {
+		return nil, err
+	}
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
 		disarm := c.watch(ctx)
@@ -280,13 +304,6 @@ func (c *conn) Ping(ctx context.Context) error {
 	}
 	return nil
 }
-
-// autocommitTx is the transaction of pool_autocommit: nothing to commit or
-// roll back, each statement committed on its own.
-type autocommitTx struct{}
-
-func (autocommitTx) Commit() error   { return nil }
-func (autocommitTx) Rollback() error { return nil }
 
 // clientStmt returns, on a pool_pgbouncer pool, a statement that is not
 // prepared on the server: each execution sends the query with its
