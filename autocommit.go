@@ -148,7 +148,7 @@ func (c *conn) autocommitStmt(st driver.Stmt, query string) driver.Stmt {
 	if !c.c.cfg.autocommit {
 		return st
 	}
-	s := &acStmt{Stmt: st, c: c, read: sqltext.Scan(query).PlainRead()}
+	s := &acStmt{Stmt: st, c: c, query: query}
 	_, nvc := st.(driver.NamedValueChecker)
 	_, cc := st.(driver.ColumnConverter) //nolint:staticcheck // database/sql still asks for it
 	switch {
@@ -173,15 +173,26 @@ var (
 // transaction's statements); it touches nothing of the connection's.
 type acStmt struct {
 	driver.Stmt
-	c    *conn
-	read bool // the text is a plain read
+	c     *conn
+	query string
+	// scanned: read says whether query is a plain read. Both are set at the
+	// first execution inside a pool_autocommit transaction; executions are
+	// serialised by database/sql's lock on the connection.
+	scanned, read bool
 }
 
 func (s *acStmt) before(ctx context.Context) error {
-	if t := s.c.ac; t != nil && t.tx == nil && !s.read {
-		return t.upgrade(ctx)
+	t := s.c.ac
+	if t == nil || t.tx != nil {
+		return nil
 	}
-	return nil
+	if !s.scanned {
+		s.read, s.scanned = sqltext.Scan(s.query).PlainRead(), true
+	}
+	if s.read {
+		return nil
+	}
+	return t.upgrade(ctx)
 }
 
 // ExecContext runs the inner statement's ExecContext, or does what
