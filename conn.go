@@ -69,6 +69,9 @@ type conn struct {
 	restoreSQL string
 	// expiresAt is when this connection's own lifetime ends (zero: never).
 	expiresAt time.Time
+	// ac is the pool_autocommit transaction open on this connection, if any
+	// (autocommit.go).
+	ac *autocommitTx
 
 	// The deadline watchdog (watchdog.go), for a non-pgx connection whose
 	// socket warmpg dialled: nc is that socket.
@@ -152,7 +155,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.wrapStmt(st, scanStatement(query)), nil
+	return c.wrapStmt(st, query), nil
 }
 
 func (c *conn) Close() error {
@@ -171,19 +174,23 @@ func (c *conn) Begin() (driver.Tx, error) {
 // BeginTx passes to the inner connection, or does what database/sql does for
 // a connection without ConnBeginTx. With pool_autocommit, a transaction that
 // cannot write (ReadOnly, or any on a pool_read_only pool) at default or
-// read-committed isolation sends nothing: its statements run in autocommit.
+// read-committed isolation sends nothing: its plain reads run in autocommit
+// until a statement needs a real transaction (autocommit.go).
 // On a pool_read_only pool every transaction is begun read-only.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	cfg := &c.c.cfg
 	cannotWrite := opts.ReadOnly || cfg.readOnly
 	if cfg.autocommit && cannotWrite &&
 		(opts.Isolation == driver.IsolationLevel(sql.LevelDefault) || opts.Isolation == driver.IsolationLevel(sql.LevelReadCommitted)) {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		c.c.stats.acTx.Add(1)
-		return autocommitTx{}, nil
+		return c.beginAutocommit(ctx, opts)
 	}
+	return c.beginTx(ctx, opts)
+}
+
+// beginTx begins a transaction in the inner connection, read-only on a
+// pool_read_only pool.
+func (c *conn) beginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	cannotWrite := opts.ReadOnly || c.c.cfg.readOnly
 	if bt, ok := c.inner.(driver.ConnBeginTx); ok {
 		opts.ReadOnly = cannotWrite
 		disarm := c.watch(ctx)
@@ -219,34 +226,35 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	if st := c.clientStmt(query); st != nil {
 		return st, nil
 	}
-	st, err := c.prepareContext(ctx, query)
+	var st driver.Stmt
+	var err error
+	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
+		disarm := c.watch(ctx)
+		st, err = p.PrepareContext(ctx, query)
+		disarm()
+		err = c.ctxErr(ctx, err)
+	} else {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		st, err = c.inner.Prepare(query)
+		if err == nil && ctx.Err() != nil {
+			st.Close()
+			return nil, ctx.Err()
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	return c.wrapStmt(st, scanStatement(query)), nil
-}
-
-func (c *conn) prepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
-		disarm := c.watch(ctx)
-		st, err := p.PrepareContext(ctx, query)
-		disarm()
-		return st, c.ctxErr(ctx, err)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	st, err := c.inner.Prepare(query)
-	if err == nil && ctx.Err() != nil {
-		st.Close()
-		return nil, ctx.Err()
-	}
-	return st, err
+	return c.wrapStmt(st, query), nil
 }
 
 // ExecContext passes to the inner connection's ExecerContext or legacy
 // Execer, else returns driver.ErrSkip so database/sql prepares the statement.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if err := c.beforeStatement(ctx, query); err != nil {
+		return nil, err
+	}
 	info := c.noteStatement(query)
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
@@ -272,6 +280,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // QueryContext passes to the inner connection's QueryerContext or legacy
 // Queryer, else returns driver.ErrSkip so database/sql prepares the statement.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if err := c.beforeStatement(ctx, query); err != nil {
+		return nil, err
+	}
 	c.noteStatement(query)
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
@@ -315,13 +326,6 @@ func (c *conn) Ping(ctx context.Context) error {
 	}
 	return nil
 }
-
-// autocommitTx is the transaction of pool_autocommit: nothing to commit or
-// roll back, each statement committed on its own.
-type autocommitTx struct{}
-
-func (autocommitTx) Commit() error   { return nil }
-func (autocommitTx) Rollback() error { return nil }
 
 // clientStmt returns, on a pool_pgbouncer pool, a statement that is not
 // prepared on the server: each execution sends the query with its

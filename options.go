@@ -480,11 +480,14 @@ func WithReset(m ResetMode) Option {
 
 // WithAutocommit runs transactions that cannot write — sql.TxOptions{ReadOnly:
 // true}, or any transaction on a WithReadOnly pool — at default or
-// read-committed isolation without BEGIN, COMMIT or ROLLBACK: each statement
-// commits on its own (pool_autocommit; default false). The trade-off: the
-// statements of such a transaction share no snapshot, and on a pool that is
-// not read-only the server does not enforce ReadOnly. Repeatable-read,
-// serializable and read-write transactions stay real transactions.
+// read-committed isolation without BEGIN, COMMIT or ROLLBACK while they only
+// read: each plain read commits on its own (pool_autocommit; default false).
+// The first statement that is not a plain read (SET LOCAL, a lock, a write,
+// nextval, CALL, …) is preceded by BEGIN READ ONLY, and the rest is a real
+// read-only transaction. The trade-off: the plain reads share no snapshot,
+// and on a pool that is not read-only a SELECT of a function that writes
+// commits on its own. Repeatable-read, serializable and read-write
+// transactions stay real transactions.
 func WithAutocommit(on bool) Option {
 	return func(c *config) { c.autocommit = on; c.set |= bitAutocommit }
 }
@@ -493,7 +496,8 @@ func WithAutocommit(on bool) Option {
 // (pool_read_only; default false): default_transaction_read_only=on goes in
 // the startup packet, costing no round trip, and every transaction is begun
 // read-only (lib/pq would otherwise send BEGIN READ WRITE, which a hot standby
-// rejects). With WithAutocommit, no transaction on such a pool sends BEGIN.
+// rejects). With WithAutocommit, no transaction on such a pool sends BEGIN
+// while it only reads.
 func WithReadOnly(on bool) Option {
 	return func(c *config) { c.readOnly = on; c.set |= bitReadOnly }
 }

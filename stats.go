@@ -22,8 +22,10 @@ type Counters struct {
 	Reset      int64 // the session reset (mode discard; check: settings had changed)
 	Discarded  int64 // refused with driver.ErrBadConn: database/sql took or dialled another
 
-	// AutocommitTxs counts transactions that sent no BEGIN (pool_autocommit).
-	AutocommitTxs int64
+	// AutocommitTxs counts transactions begun without a BEGIN
+	// (pool_autocommit); AutocommitUpgrades those of them that later sent
+	// one, before their first statement that was not a plain read.
+	AutocommitTxs, AutocommitUpgrades int64
 	// FromReady counts connections Connect handed out from the connector's
 	// ready store (pool_prewarm, pool_min_idle_conns) instead of dialling.
 	FromReady int64
@@ -31,14 +33,14 @@ type Counters struct {
 
 // String returns the counters on one line; it holds no DSN and no secret.
 func (s Counters) String() string {
-	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d",
-		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs)
+	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d",
+		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades)
 }
 
 type stats struct {
 	connects, connectErrors                           atomic.Int64
 	clean, pinged, rolledBack, reset, discarded, acTx atomic.Int64
-	readyHits                                         atomic.Int64
+	acUp, readyHits                                   atomic.Int64
 }
 
 func (s *stats) count(o outcome) {
@@ -63,7 +65,8 @@ func (c *Connector) Stats() Counters {
 		Connects: s.connects.Load(), ConnectErrors: s.connectErrors.Load(),
 		Clean: s.clean.Load(), Pinged: s.pinged.Load(), RolledBack: s.rolledBack.Load(),
 		Reset: s.reset.Load(), Discarded: s.discarded.Load(), AutocommitTxs: s.acTx.Load(),
-		FromReady: s.readyHits.Load(),
+		AutocommitUpgrades: s.acUp.Load(),
+		FromReady:          s.readyHits.Load(),
 	}
 }
 

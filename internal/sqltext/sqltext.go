@@ -487,15 +487,18 @@ func classifySet(w func(int) string) Effect {
 }
 
 // locksRows reports FOR UPDATE, FOR NO KEY UPDATE, FOR SHARE, FOR KEY SHARE.
+// FOR followed by a column named key or no (substring(s for key)) is not a
+// lock.
 func locksRows(t []token) bool {
+	word := func(i int, w string) bool { return i < len(t) && t[i].kind == tWord && t[i].text == w }
 	for i := 0; i+1 < len(t); i++ {
-		if t[i].kind != tWord || t[i].text != "for" || t[i+1].kind != tWord {
+		if !word(i, "for") {
 			continue
 		}
-		switch t[i+1].text {
-		case "update", "share":
-			return true
-		case "no", "key":
+		switch {
+		case word(i+1, "update"), word(i+1, "share"),
+			word(i+1, "no") && word(i+2, "key") && word(i+3, "update"),
+			word(i+1, "key") && word(i+2, "share"):
 			return true
 		}
 	}

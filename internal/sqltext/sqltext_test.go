@@ -33,6 +33,9 @@ func TestScanEffects(t *testing.T) {
 		{`select "weird ""; begin"" name" from t`, 0},
 		{"select current_setting('role')", 0},
 		{"select my_function()", 0}, // not in the text: documented
+		{"select substring(s from 1 for key) from t", 0},
+		{"select substring(s for no) from t", 0},
+		{"select overlay(s placing 'x' from 1 for key) from t for key share", Lock},
 
 		// Transactions.
 		{"BEGIN", Begin},
@@ -132,6 +135,8 @@ func TestScanEffects(t *testing.T) {
 		{"select * from t for no key update", Write | Lock},
 		{"select * from t for share", Lock},
 		{"select * from t for key share", Lock},
+		{"select * from t FOR NO KEY UPDATE of t skip locked", Write | Lock},
+		{"select * from t for\n/* c */ share nowait", Lock},
 		{"lock table t", Lock},
 		{"frobnicate", Write},
 		{"$1", Write},
