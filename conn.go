@@ -65,6 +65,8 @@ type conn struct {
 	watchMu   sync.Mutex
 	stopWatch func() bool
 	timedOut  atomic.Bool // a watchdog fired: the protocol state is unknown
+
+	hold hold // checkout bookkeeping (leak.go)
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -88,6 +90,7 @@ func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
 		w.raw = rawConnOf(nc)
 	}
 	w.setLifetime(time.Now())
+	c.holds.add(w)
 	if _, ok := inner.(driver.NamedValueChecker); ok {
 		return connNVC{w}
 	}
@@ -140,6 +143,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 
 func (c *conn) Close() error {
 	c.disarm()
+	c.c.holds.remove(c)
 	if c.c.ready != nil && c.c.cfg.keepWarm() {
 		c.c.ready.untrack(c)
 	}
