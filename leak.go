@@ -528,31 +528,31 @@ const maxStackFrames = 16
 // and lines only: a stack from runtime.Callers holds no argument.
 func describeStack(pcs []uintptr) stackInfo {
 	var (
-		b      strings.Builder
-		info   stackInfo
-		n      int
-		seenDB bool // passed database/sql's frames
-		first  = true
+		b       strings.Builder
+		info    stackInfo
+		n       int
+		seenDB  bool // passed database/sql's frames
+		decided bool // the caller below database/sql was looked at
 	)
 	frames := runtime.CallersFrames(pcs)
 	for {
 		f, more := frames.Next()
 		ours := strings.HasPrefix(f.Function, "github.com/warmpg/warmpg.") && !strings.HasSuffix(f.File, "_test.go")
-		sqlFrame := strings.HasPrefix(f.Function, "database/sql.")
 		switch {
-		case f.Function == "":
-		case sqlFrame:
+		case f.Function == "" || f.Function == "runtime.goexit":
+		case strings.HasPrefix(f.Function, "database/sql."):
 			seenDB = true
-		case ours && !seenDB:
-			// checkout, Connect, ResetSession: the hook itself.
 		case ours:
-			if first {
+			// Above database/sql: the hook itself (checkout, Connect,
+			// ResetSession). Right below it: warmpg's own caller (WarmDB).
+			if seenDB && !decided {
 				info.own = true
 			}
-			first = false
-		case f.Function == "runtime.goexit":
+			decided = decided || seenDB
 		default:
-			first = false
+			// A wrapper between database/sql and warmpg (otelsql) shows;
+			// so does everything from the application.
+			decided = decided || seenDB
 			if n < maxStackFrames {
 				if n > 0 {
 					b.WriteByte('\n')
@@ -572,7 +572,7 @@ func describeStack(pcs []uintptr) stackInfo {
 	if n > maxStackFrames {
 		b.WriteString("\n...")
 	}
-	info.unknown = n == 0 && !info.own
+	info.unknown = seenDB && !decided
 	info.text = b.String()
 	return info
 }

@@ -3,6 +3,7 @@ package warmpg
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"log/slog"
 	"slices"
 	"strings"
@@ -254,4 +255,54 @@ func atDepth(n int, f func()) {
 		return
 	}
 	atDepth(n-1, f)
+}
+
+// The one checkout warmpg cannot see: a connection database/sql opens in
+// its connectionOpener goroutine, for a request that waits while a
+// discarded connection is replaced, reaches that request with no call into
+// the driver. warmpg counts it out from its Connect, with the opener's
+// stack (no application frame), and does not report it as held past the
+// threshold; it is counted back at its return.
+func TestOpenerCheckoutNotReported(t *testing.T) {
+	withEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec := &recorder{level: slog.LevelDebug}
+	const threshold = 10 * time.Millisecond
+	db, c := fakeDB(t, &fakeConnector{}, WithLeakThreshold(threshold), WithMaxConns(1), WithLogger(slog.New(rec)))
+	db.SetMaxOpenConns(1)
+	first := holdConns(t, ctx, db, 1)[0]
+	got := make(chan *sql.Conn, 1)
+	go func() {
+		wc, err := db.Conn(ctx) // waits: the pool's one connection is out
+		if err != nil {
+			t.Error(err)
+		}
+		got <- wc
+	}()
+	for deadline := time.Now().Add(5 * time.Second); db.Stats().WaitCount == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the second request never waited")
+		}
+	}
+	// Discard the held connection: database/sql's opener dials a new one
+	// and hands it to the waiting request.
+	if err := first.Raw(func(any) error { return driver.ErrBadConn }); err == nil {
+		t.Fatal("Raw: want ErrBadConn back")
+	}
+	second := <-got
+	if second == nil {
+		t.FailNow()
+	}
+	time.Sleep(10 * threshold) // several scans past the threshold
+	if st := c.Stats(); st.InUse != 1 || st.OldestInUse < threshold {
+		t.Errorf("holding the opener's connection: %v, want in_use=1 and its age", st)
+	}
+	second.Close()
+	if rs := rec.find("warmpg: connection held past"); len(rs) != 0 {
+		t.Errorf("the opener's checkout was reported: %v", rs)
+	}
+	if st := c.Stats(); st.InUse != 0 || st.HeldPastThreshold != 0 || st.Connects != 2 {
+		t.Errorf("after the return: %v, want in_use=0, nothing held past the threshold, 2 connects", st)
+	}
 }
