@@ -306,3 +306,34 @@ func TestOpenerCheckoutNotReported(t *testing.T) {
 		t.Errorf("after the return: %v, want in_use=0, nothing held past the threshold, 2 connects", st)
 	}
 }
+
+// Both keys are durations, from the DSN, the environment or an option; a bad
+// value names the key and what is allowed.
+func TestLeakKeys(t *testing.T) {
+	withEnv(t, "WARMPG_POOL_LEAK_THRESHOLD=5s")
+	cfg, _, err := parseConfig("postgres://h/db?pool_exhausted_log_interval=10s", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.leakThreshold != 5*time.Second || cfg.exhaustedInterval != 10*time.Second {
+		t.Errorf("leak threshold %s, interval %s; want 5s and 10s", cfg.leakThreshold, cfg.exhaustedInterval)
+	}
+	withEnv(t)
+	if cfg, _, _ := parseConfig("postgres://h/db", nil); cfg.leakThreshold != 0 || cfg.exhaustedInterval != DefaultExhaustedLogInterval {
+		t.Errorf("defaults: leak threshold %s, interval %s", cfg.leakThreshold, cfg.exhaustedInterval)
+	}
+	for dsn, want := range map[string]string{
+		"postgres://h/db?pool_leak_threshold=-1s":          `pool_leak_threshold="-1s"`,
+		"postgres://h/db?pool_leak_threshold=30":           `pool_leak_threshold="30"`,
+		"postgres://h/db?pool_exhausted_log_interval=soon": `pool_exhausted_log_interval="soon"`,
+	} {
+		if _, err := OpenConnector(dsn); err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "duration") {
+			t.Errorf("%s: error %v, want %s and what is allowed", dsn, err, want)
+		}
+	}
+	for _, o := range []Option{WithLeakThreshold(-time.Second), WithExhaustedLogInterval(-time.Second)} {
+		if _, err := NewConnector(&fakeConnector{}, o); err == nil || !strings.Contains(err.Error(), "=-1s") {
+			t.Errorf("negative option: %v", err)
+		}
+	}
+}
