@@ -67,31 +67,49 @@ func BenchmarkWarm(b *testing.B) {
 
 // BenchmarkResetSessionCheck is the cost of check mode's clean path alone:
 // one ResetSession and one IsValid on a healthy, idle pgx connection to a
-// real server (the socket peek is a syscall; nothing is sent).
+// real server (the socket peek is a syscall; nothing is sent) — that is,
+// one checkout and return as warmpg sees them. Sub-benchmarks:
+// default (exhaustion reporting on: the checkout bookkeeping),
+// off (pool_exhausted_log_interval=0: none) and leak (pool_leak_threshold
+// on: the caller's stack too). BenchmarkCheckout compares them in
+// interleaved rounds, which a shared machine's drift does not skew.
 //
 //	go test -run '^$' -bench BenchmarkResetSessionCheck .
 func BenchmarkResetSessionCheck(b *testing.B) {
 	srv := pgtest.Get(b)
-	c, err := warmpg.OpenConnector(srv.URL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	dc, err := c.Connect(context.Background())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dc.Close()
-	r, v := dc.(driver.SessionResetter), dc.(driver.Validator)
-	ctx := context.Background()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := r.ResetSession(ctx); err != nil || !v.IsValid() {
-			b.Fatal("clean connection refused:", err)
-		}
-	}
-	b.StopTimer()
-	if st := c.Stats(); st.Clean != int64(b.N) {
-		b.Fatalf("counters %v, want every reuse clean", st)
+	for _, v := range []struct{ name, keys string }{
+		{"default", ""},
+		{"off", "pool_exhausted_log_interval=0"},
+		{"leak", "pool_leak_threshold=1h"},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			var keys []string
+			if v.keys != "" {
+				keys = append(keys, v.keys)
+			}
+			c, err := warmpg.OpenConnector(srv.URL(keys...))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			dc, err := c.Connect(context.Background())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer dc.Close()
+			r, v := dc.(driver.SessionResetter), dc.(driver.Validator)
+			ctx := context.Background()
+			v.IsValid() // back from Connect's checkout
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := r.ResetSession(ctx); err != nil || !v.IsValid() {
+					b.Fatal("clean connection refused:", err)
+				}
+			}
+			b.StopTimer()
+			if st := c.Stats(); st.Clean != int64(b.N) {
+				b.Fatalf("counters %v, want every reuse clean", st)
+			}
+		})
 	}
 }

@@ -82,6 +82,8 @@ type conn struct {
 	stopWatch  func() bool // stops the armed one's context.AfterFunc
 	graceTimer *time.Timer // the armed one's grace, once its context ended
 	timedOut   atomic.Bool // a watchdog fired: the protocol state is unknown
+
+	hold hold // checkout bookkeeping (leak.go)
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -105,6 +107,7 @@ func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
 		w.raw = rawConnOf(nc)
 	}
 	w.setLifetime(time.Now())
+	c.holds.add(w)
 	if _, ok := inner.(driver.NamedValueChecker); ok {
 		return connNVC{w}
 	}
@@ -160,6 +163,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 
 func (c *conn) Close() error {
 	c.disarm()
+	c.c.holds.remove(c)
 	if c.c.ready != nil && c.c.cfg.keepWarm() {
 		c.c.ready.untrack(c)
 	}

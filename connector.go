@@ -34,6 +34,7 @@ type Connector struct {
 	stats  stats
 	closed atomic.Bool
 	ready  *ready // nil unless prewarm or keep-warm is on
+	holds  holds  // checked-out connections (leak.go)
 	// ownPgx: the inner connector is the pgx one warmpg built, whose
 	// ResetSession repeats checks warmpg made and does nothing else.
 	ownPgx bool
@@ -249,6 +250,7 @@ func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
 func newConnector(inner driver.Connector, cfg config) *Connector {
 	c := &Connector{inner: inner, cfg: cfg}
 	c.drv = &Driver{connector: c}
+	c.holds.init(c)
 	return c
 }
 
@@ -259,6 +261,15 @@ func newConnector(inner driver.Connector, cfg config) *Connector {
 // Errors are the inner driver's, unchanged (so the server's message and
 // SQLSTATE stay visible).
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
+	w, err := c.connect(ctx)
+	if err == nil {
+		baseConn(w).checkout()
+	}
+	return w, err
+}
+
+// connect is Connect before the checkout is recorded.
+func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, errors.New("warmpg: connector is closed")
 	}
@@ -291,6 +302,7 @@ func (c *Connector) Close() error {
 	if c.ready != nil {
 		c.ready.close()
 	}
+	c.holds.close()
 	if cl, ok := c.inner.(io.Closer); ok {
 		return cl.Close()
 	}
@@ -331,6 +343,7 @@ func Open(dsn string, opts ...Option) (*sql.DB, error) {
 	c.startReady(false) // Open warms below, blocking; keep-warm may still run
 	db := sql.OpenDB(c)
 	c.cfg.applyPool(db, c.cfg.set)
+	c.holds.setDB(db)
 	if c.cfg.prewarm {
 		if _, err := WarmDB(context.Background(), db); err != nil {
 			db.Close()

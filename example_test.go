@@ -160,7 +160,7 @@ func ExampleWithLogLevel() {
 		Level: slog.LevelDebug,
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
 			switch a.Key {
-			case slog.TimeKey, "elapsed":
+			case slog.TimeKey, "elapsed", "age", "held":
 				return slog.Attr{}
 			case slog.MessageKey:
 				msg, _, _ := strings.Cut(a.Value.String(), " in ")
@@ -178,5 +178,8 @@ func ExampleWithLogLevel() {
 	if _, err := warmpg.WarmDB(context.Background(), db, warmpg.WithMaxIdleConns(1)); err != nil {
 		log.Fatal(err)
 	}
-	// Output: level=INFO msg="warmpg: warmed 1/1" requested=1 warmed=1 parallelism=1
+	// Output:
+	// level=DEBUG msg="warmpg: connection checked out" conn=1 in_use=1
+	// level=DEBUG msg="warmpg: connection returned" conn=1 in_use=0
+	// level=INFO msg="warmpg: warmed 1/1" requested=1 warmed=1 parallelism=1
 }

@@ -97,8 +97,12 @@ type config struct {
 	standbyOnly bool
 	logger      *slog.Logger
 	logLevel    slog.Level // events below it are not logged; LogOff: none
-	set         uint32     // which params were set explicitly (DSN, env or option)
-	errs        []error
+	// leakThreshold: pool_leak_threshold (0: off); exhaustedInterval:
+	// pool_exhausted_log_interval (0: off). See leak.go.
+	leakThreshold     time.Duration
+	exhaustedInterval time.Duration
+	set               uint32 // which params were set explicitly (DSN, env or option)
+	errs              []error
 }
 
 func newConfig() config {
@@ -108,6 +112,8 @@ func newConfig() config {
 		warmTimeout:  DefaultWarmTimeout,
 		connectRetry: DefaultConnectRetryTimeout,
 		cancelGrace:  DefaultCancelGrace,
+
+		exhaustedInterval: DefaultExhaustedLogInterval,
 	}
 }
 
@@ -205,6 +211,8 @@ const (
 	bitPgBouncer
 	bitLogLevel
 	bitCancelGrace
+	bitLeakThreshold
+	bitExhaustedInterval
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -254,6 +262,8 @@ var params = []param{
 		c.logLevel = l
 		return nil
 	}},
+	{"pool_leak_threshold", bitLeakThreshold, durationParser(func(c *config) *time.Duration { return &c.leakThreshold }, false)},
+	{"pool_exhausted_log_interval", bitExhaustedInterval, durationParser(func(c *config) *time.Duration { return &c.exhaustedInterval }, false)},
 }
 
 // LogOff is the pool_log_level that logs nothing (WithLogLevel(LogOff)).
@@ -599,4 +609,23 @@ func WithLogger(l *slog.Logger) Option {
 // too.
 func WithLogLevel(l slog.Level) Option {
 	return func(c *config) { c.logLevel = l; c.set |= bitLogLevel }
+}
+
+// WithLeakThreshold turns on leak detection (pool_leak_threshold; default
+// 0: off): each checkout records when and from where (the caller's stack,
+// without warmpg's and database/sql's frames, and no arguments), and a
+// connection out longer than d is logged once at Warn, "warmpg: connection
+// held past pool_leak_threshold", with that stack; its return, at Info. See
+// docs/exhaustion.md for what it costs.
+func WithLeakThreshold(d time.Duration) Option {
+	return durationOption("pool_leak_threshold", bitLeakThreshold, d, false, func(c *config) *time.Duration { return &c.leakThreshold })
+}
+
+// WithExhaustedLogInterval sets how often, at most, warmpg logs "warmpg:
+// pool exhausted" while every connection the pool may open is checked out
+// (pool_exhausted_log_interval; default DefaultExhaustedLogInterval; 0:
+// off, and with pool_leak_threshold off and pool_log_level above debug
+// checkouts are not tracked at all). See docs/exhaustion.md.
+func WithExhaustedLogInterval(d time.Duration) Option {
+	return durationOption("pool_exhausted_log_interval", bitExhaustedInterval, d, false, func(c *config) *time.Duration { return &c.exhaustedInterval })
 }

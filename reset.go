@@ -109,6 +109,9 @@ func (c *conn) ResetSession(ctx context.Context) error {
 		c.c.cfg.logDiscard("reuse", err)
 	}
 	c.c.stats.count(out)
+	if err == nil {
+		c.checkout()
+	}
 	return err
 }
 
@@ -490,6 +493,7 @@ func (c *conn) exec(ctx context.Context, sql string) error {
 // IsValid runs when a connection goes back to the pool; it does no I/O.
 func (c *conn) IsValid() bool {
 	c.disarm()
+	c.checkin()
 	if why := c.unusable(); why != nil {
 		c.c.cfg.logDiscard("return to pool", why)
 		return false

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
 // Counters count what a Connector's connections did since it was created.
@@ -29,12 +30,27 @@ type Counters struct {
 	// FromReady counts connections Connect handed out from the connector's
 	// ready store (pool_prewarm, pool_min_idle_conns) instead of dialling.
 	FromReady int64
+
+	// Who holds the pool's connections (docs/exhaustion.md), counted while
+	// checkouts are tracked: pool_exhausted_log_interval > 0 (the
+	// default), pool_leak_threshold > 0 or pool_log_level=debug; else 0.
+	// InUse is how many connections are checked out now (db.Stats().InUse
+	// counts the same from database/sql's side), OldestInUse how long the
+	// longest holder has had its connection.
+	InUse       int64
+	OldestInUse time.Duration
+	// HeldPastThreshold counts checkouts reported held past
+	// pool_leak_threshold (each once); Exhaustions counts the times the
+	// pool was reported exhausted (each exhaustion once, however long).
+	HeldPastThreshold int64
+	Exhaustions       int64
 }
 
 // String returns the counters on one line; it holds no DSN and no secret.
 func (s Counters) String() string {
-	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d",
-		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades)
+	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d in_use=%d oldest_in_use=%s held_past_threshold=%d exhaustions=%d",
+		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades,
+		s.InUse, s.OldestInUse, s.HeldPastThreshold, s.Exhaustions)
 }
 
 type stats struct {
@@ -67,6 +83,9 @@ func (c *Connector) Stats() Counters {
 		Reset: s.reset.Load(), Discarded: s.discarded.Load(), AutocommitTxs: s.acTx.Load(),
 		AutocommitUpgrades: s.acUp.Load(),
 		FromReady:          s.readyHits.Load(),
+
+		InUse: c.holds.inUse.Load(), OldestInUse: c.holds.oldest(),
+		HeldPastThreshold: c.holds.leaks.Load(), Exhaustions: c.holds.reports.Load(),
 	}
 }
 

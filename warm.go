@@ -113,6 +113,11 @@ func warmDB(ctx context.Context, db *sql.DB, c *Connector, opts []Option) (WarmR
 	// Only what the DSN, the environment or opts set: a limit the
 	// application set by hand on db stays unless a setting says otherwise.
 	cfg.applyPool(db, cfg.set)
+	if ours {
+		c.holds.setDB(db)
+		c.holds.warming.Add(1) // the pool is full on purpose: no exhaustion
+		defer c.holds.warming.Add(-1)
+	}
 
 	n := cfg.idleConns()
 	st := db.Stats()

@@ -102,6 +102,13 @@ func (p *Pool) Close() error {
 //	warmpg.connections_from_ready    {connection}   handed out ready instead of dialled
 //	warmpg.reuses                    {reuse}        by warmpg.reuse.outcome: clean, pinged, rolled_back, reset, discarded
 //	warmpg.autocommit_transactions   {transaction}  transactions that sent no BEGIN
+//	warmpg.connections.held_past_threshold {checkout} held past pool_leak_threshold
+//	warmpg.pool.exhaustions          {exhaustion}   times the pool was reported exhausted
+//
+// and, as observable gauges, who holds the pool's connections now:
+//
+//	warmpg.connections.in_use        {connection}   checked out now
+//	warmpg.connections.oldest_in_use s              how long the longest holder has held its connection
 func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ...attribute.KeyValue) (metric.Registration, error) {
 	counter := func(name, unit, desc string) (metric.Int64ObservableCounter, error) {
 		return meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -111,7 +118,13 @@ func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ..
 	fromReady, err3 := counter("warmpg.connections_from_ready", "{connection}", "Connections handed out from the ready store instead of dialled.")
 	reuses, err4 := counter("warmpg.reuses", "{reuse}", "Reuses of a pooled connection, by what the reset cost.")
 	autocommit, err5 := counter("warmpg.autocommit_transactions", "{transaction}", "Transactions that sent no BEGIN or COMMIT.")
-	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+	heldPast, err6 := counter("warmpg.connections.held_past_threshold", "{checkout}", "Checkouts held past pool_leak_threshold, each counted once.")
+	exhaustions, err7 := counter("warmpg.pool.exhaustions", "{exhaustion}", "Times the pool was reported exhausted.")
+	inUse, err8 := meter.Int64ObservableGauge("warmpg.connections.in_use", metric.WithUnit("{connection}"),
+		metric.WithDescription("Connections checked out now, as warmpg counts them."))
+	oldest, err9 := meter.Float64ObservableGauge("warmpg.connections.oldest_in_use", metric.WithUnit("s"),
+		metric.WithDescription("How long the longest holder has held its connection."))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8, err9); err != nil {
 		return nil, err
 	}
 	base := metric.WithAttributes(attrs...)
@@ -129,8 +142,12 @@ func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ..
 		o.ObserveInt64(reuses, s.Reset, outcome("reset"))
 		o.ObserveInt64(reuses, s.Discarded, outcome("discarded"))
 		o.ObserveInt64(autocommit, s.AutocommitTxs, base)
+		o.ObserveInt64(heldPast, s.HeldPastThreshold, base)
+		o.ObserveInt64(exhaustions, s.Exhaustions, base)
+		o.ObserveInt64(inUse, s.InUse, base)
+		o.ObserveFloat64(oldest, s.OldestInUse.Seconds(), base)
 		return nil
-	}, connects, connectErrors, fromReady, reuses, autocommit)
+	}, connects, connectErrors, fromReady, reuses, autocommit, heldPast, exhaustions, inUse, oldest)
 }
 
 // PgxConn returns the *pgx.Conn under a driver connection handed to

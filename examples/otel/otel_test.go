@@ -114,6 +114,12 @@ func (tel *telemetry) metric(t *testing.T, name string, want ...attribute.KeyVal
 						return float64(p.Value), true
 					}
 				}
+			case metricdata.Gauge[float64]:
+				for _, p := range d.DataPoints {
+					if matches(p.Attributes) {
+						return p.Value, true
+					}
+				}
 			case metricdata.Histogram[float64]:
 				for _, p := range d.DataPoints {
 					if matches(p.Attributes) {
@@ -186,17 +192,30 @@ func TestTracesAndMetrics(t *testing.T) {
 		}
 	}
 
+	// A connection held while the metrics are read: warmpg's gauges of who
+	// holds the pool see it.
+	held, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := held.PingContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+
 	orders := attribute.String("db.namespace", "orders")
 	checks := []struct {
 		name string
 		kv   []attribute.KeyValue
 		want float64
 	}{
-		{"db.sql.connection.open", []attribute.KeyValue{attribute.String("status", "idle")}, 3},
+		{"db.sql.connection.open", []attribute.KeyValue{attribute.String("status", "idle")}, 2}, // and one held
 		{"db.sql.connection.max_open", nil, 4},
 		{"warmpg.connects", []attribute.KeyValue{orders}, 3},
-		{"warmpg.reuses", []attribute.KeyValue{orders, attribute.String("warmpg.reuse.outcome", "clean")}, 6},
+		{"warmpg.reuses", []attribute.KeyValue{orders, attribute.String("warmpg.reuse.outcome", "clean")}, 7}, // the held one's too
 		{"warmpg.reuses", []attribute.KeyValue{orders, attribute.String("warmpg.reuse.outcome", "discarded")}, 0},
+		{"warmpg.connections.in_use", []attribute.KeyValue{orders}, 1},
+		{"warmpg.pool.exhaustions", []attribute.KeyValue{orders}, 0},
 	}
 	for _, c := range checks {
 		if got, ok := tel.metric(t, c.name, c.kv...); !ok || got != c.want {
@@ -206,8 +225,11 @@ func TestTracesAndMetrics(t *testing.T) {
 	if n, ok := tel.metric(t, "db.client.operation.duration"); !ok || n == 0 {
 		t.Errorf("no db.client.operation.duration histogram points")
 	}
-	if got := p.Connector.Stats(); got.Connects != 3 || got.Clean != 6 {
-		t.Errorf("connector counters %v, want connects=3 clean=6", got)
+	if s, ok := tel.metric(t, "warmpg.connections.oldest_in_use", orders); !ok || s <= 0 {
+		t.Errorf("warmpg.connections.oldest_in_use = %v (found %v), want the held connection's age", s, ok)
+	}
+	if got := p.Connector.Stats(); got.Connects != 3 || got.Clean != 7 || got.InUse != 1 {
+		t.Errorf("connector counters %v, want connects=3 clean=7 in_use=1", got)
 	}
 }
 

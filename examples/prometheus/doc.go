@@ -16,11 +16,18 @@
 //	warmpg_reuses_total{outcome="..."}       reuses of a pooled connection, by what the reset cost:
 //	                                         clean (nothing sent), pinged, rolled_back, reset, discarded
 //	warmpg_autocommit_transactions_total     transactions that sent no BEGIN (pool_autocommit)
+//	warmpg_connections_in_use                gauge: connections checked out now
+//	warmpg_connection_oldest_in_use_seconds  gauge: how long the longest holder has held its connection
+//	warmpg_connections_held_past_threshold_total  checkouts held past pool_leak_threshold
+//	warmpg_pool_exhaustions_total            times the pool was reported exhausted
 //
 // What to watch: outcome="discarded" counts connections found dead (a
 // server restart, a killed backend) and replaced before any query failed;
 // outcome="rolled_back" counts connections returned inside a transaction,
-// which usually means code that forgot a Commit or Rollback.
+// which usually means code that forgot a Commit or Rollback. An
+// oldest_in_use_seconds that keeps climbing, or exhaustions that rise, is a
+// connection held too long (rows never closed, a transaction open across a
+// slow call): docs/exhaustion.md says how to find the code that holds it.
 //
 // Counters are read when Prometheus scrapes, from warmpg.Stats(db); for a
 // pool warmpg's Stats cannot see (a wrapper such as otelsql opened it),

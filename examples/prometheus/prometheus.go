@@ -15,6 +15,7 @@ type Collector struct {
 	stats func() warmpg.Counters
 
 	connects, connectErrors, fromReady, reuses, autocommitTxs *prometheus.Desc
+	inUse, oldestInUse, heldPastThreshold, exhaustions        *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -35,6 +36,11 @@ func NewCollector(dbName string, stats func() warmpg.Counters) *Collector {
 		reuses: desc("reuses_total", "Reuses of a pooled connection, by what the reset cost: clean (nothing sent), pinged, rolled_back, reset, discarded (found dead or unfit and replaced).",
 			"outcome"),
 		autocommitTxs: desc("autocommit_transactions_total", "Transactions that sent no BEGIN or COMMIT (pool_autocommit)."),
+		inUse:         desc("connections_in_use", "Connections checked out now, as warmpg counts them (docs/exhaustion.md)."),
+		oldestInUse:   desc("connection_oldest_in_use_seconds", "How long the longest holder has held its connection."),
+		heldPastThreshold: desc("connections_held_past_threshold_total",
+			"Checkouts held past pool_leak_threshold, each counted once."),
+		exhaustions: desc("pool_exhaustions_total", "Times the pool was reported exhausted (every connection it may open checked out)."),
 	}
 }
 
@@ -53,7 +59,8 @@ func NewCollectorForDB(db *sql.DB, dbName string) (*Collector, error) {
 
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.connects, c.connectErrors, c.fromReady, c.reuses, c.autocommitTxs} {
+	for _, d := range []*prometheus.Desc{c.connects, c.connectErrors, c.fromReady, c.reuses, c.autocommitTxs,
+		c.inUse, c.oldestInUse, c.heldPastThreshold, c.exhaustions} {
 		ch <- d
 	}
 }
@@ -73,6 +80,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.reuses, s.Reset, "reset")
 	counter(c.reuses, s.Discarded, "discarded")
 	counter(c.autocommitTxs, s.AutocommitTxs)
+	counter(c.heldPastThreshold, s.HeldPastThreshold)
+	counter(c.exhaustions, s.Exhaustions)
+	ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(s.InUse))
+	ch <- prometheus.MustNewConstMetric(c.oldestInUse, prometheus.GaugeValue, s.OldestInUse.Seconds())
 }
 
 // Register registers, on reg, database/sql's statistics of db (go_sql_*)

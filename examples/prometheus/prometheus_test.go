@@ -38,8 +38,8 @@ func TestCollectorLint(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
-	if n := testutil.CollectAndCount(c); n != 9 {
-		t.Errorf("%d metrics, want 9 (5 of them reuse outcomes)", n)
+	if n := testutil.CollectAndCount(c); n != 13 {
+		t.Errorf("%d metrics, want 13 (5 of them reuse outcomes)", n)
 	}
 	reg := prometheus.NewPedanticRegistry() // checks Describe against Collect
 	if err := reg.Register(c); err != nil {
@@ -113,6 +113,22 @@ warmpg_reuses_total{db_name="orders",outcome="rolled_back"} 0
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
 		"go_sql_idle_connections", "go_sql_max_open_connections", "warmpg_connects_total", "warmpg_reuses_total"); err != nil {
 		t.Error(err)
+	}
+	// Who holds the pool: one connection held, then none.
+	held, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"db_name": "orders"}
+	if n := value(t, reg, "warmpg_connections_in_use", labels); n != 1 {
+		t.Errorf("warmpg_connections_in_use = %v holding one, want 1", n)
+	}
+	if s := value(t, reg, "warmpg_connection_oldest_in_use_seconds", labels); s <= 0 {
+		t.Errorf("warmpg_connection_oldest_in_use_seconds = %v holding one, want > 0", s)
+	}
+	held.Close()
+	if n := value(t, reg, "warmpg_connections_in_use", labels); n != 0 {
+		t.Errorf("warmpg_connections_in_use = %v after the return, want 0", n)
 	}
 }
 
