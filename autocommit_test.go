@@ -527,3 +527,41 @@ func BenchmarkAutocommit(b *testing.B) {
 	}
 	b.ReportMetric(r.MedianRatio("autocommit-setlocal", "real-setlocal"), "autocommit-setlocal/real-setlocal")
 }
+
+// On a hot standby (pool_read_only): the BEGIN READ ONLY of an upgrade is
+// accepted, so SET LOCAL holds there too, and a lock a standby allows is
+// held.
+func TestAutocommitUpgradeStandby(t *testing.T) {
+	ctx := ctxT(t, 2*time.Minute)
+	primary, standby := replicaPair(t, ctx)
+	if err := primary.Exec(ctx, "create table ac_standby (i int)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.WaitReplayed(ctx, primary); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			db := acDB(t, standby.URL, b, "pool_read_only=true")
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(ctx, "lock table ac_standby in access share mode"); err != nil {
+				t.Fatalf("LOCK TABLE … IN ACCESS SHARE MODE on the standby: %v", err)
+			}
+			if _, err := tx.ExecContext(ctx, "set local statement_timeout = '100ms'"); err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.ExecContext(ctx, "select pg_sleep(0.6)")
+			wantState(t, "pg_sleep(0.6) after SET LOCAL statement_timeout='100ms' on the standby", err, "57014")
+			if err := tx.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			if st, _ := warmpg.Stats(db); st.AutocommitUpgrades != 1 {
+				t.Errorf("counters %v: want autocommit_upgrades=1", st)
+			}
+		})
+	}
+}
