@@ -12,10 +12,13 @@ import (
 // bareStmt is a driver.Stmt with no optional interface.
 type bareStmt struct{ execs int }
 
-func (s *bareStmt) Close() error                               { return nil }
-func (s *bareStmt) NumInput() int                              { return -1 }
-func (s *bareStmt) Exec([]driver.Value) (driver.Result, error) { s.execs++; return driver.RowsAffected(0), nil }
-func (s *bareStmt) Query([]driver.Value) (driver.Rows, error)  { return nil, errors.New("no rows") }
+func (s *bareStmt) Close() error  { return nil }
+func (s *bareStmt) NumInput() int { return -1 }
+func (s *bareStmt) Exec([]driver.Value) (driver.Result, error) {
+	s.execs++
+	return driver.RowsAffected(0), nil
+}
+func (s *bareStmt) Query([]driver.Value) (driver.Rows, error) { return nil, errors.New("no rows") }
 
 // ccStmt is a bareStmt with a ColumnConverter.
 type ccStmt struct{ bareStmt }
