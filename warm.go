@@ -18,7 +18,9 @@ type WarmReport struct {
 	Requested int
 	// Warmed is how many it held: new connections plus idle ones it found.
 	// They are idle in the pool when WarmDB returns, or in use by the
-	// application if WarmDB gave them back early to requests waiting for one.
+	// application if WarmDB gave them back early to requests waiting for one
+	// (see WarmDB). A connection that arrived after WarmDB yielded went
+	// straight to a waiter and is not counted.
 	Warmed int
 	// Failed is Requested - Warmed: connections that failed, and those not
 	// warmed because the application held or awaited the pool's connections
@@ -172,6 +174,12 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	)
 	st := db.Stats()
 	limit, waits := st.MaxOpenConnections, st.WaitCount
+	ask := n
+	if limit > 0 {
+		// Never more than are free now, so that warm's own requests
+		// cannot make each other wait.
+		ask = max(0, min(n, limit-st.InUse))
+	}
 	stopWatch := func() {}
 	if limit > 0 {
 		// Without a limit database/sql never makes a request wait.
@@ -215,6 +223,10 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	var g errgroup.Group
 	g.SetLimit(p)
 	for i := 0; i < n; i++ {
+		if i >= ask {
+			fail(ErrWarmYielded)
+			continue
+		}
 		if yctx.Err() != nil {
 			// Do not start dials that cannot succeed; count them as failed.
 			fail(context.Cause(yctx))
@@ -240,15 +252,18 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				return nil
 			}
 			mu.Lock()
+			if yielded {
+				// A waiter needs it more. Not counted: a request of warm's
+				// that waited may have been handed one warm gave back.
+				recordFailure(fails, &order, ErrWarmYielded)
+				mu.Unlock()
+				conn.Close()
+				return nil
+			}
 			warmed++
 			now := warmed
-			if yielded {
-				mu.Unlock()
-				conn.Close() // a waiter needs it more
-			} else {
-				held = append(held, conn)
-				mu.Unlock()
-			}
+			held = append(held, conn)
+			mu.Unlock()
 			if progressStep(now, n) && now < n {
 				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", now, "requested", n, "elapsed", time.Since(start))
 			}
