@@ -5,8 +5,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"testing"
-
-	"github.com/warmpg/warmpg/internal/sqltext"
 )
 
 // bareStmt is a driver.Stmt with no optional interface.
@@ -37,12 +35,12 @@ func (nvcConn) CheckNamedValue(*driver.NamedValue) error { return errChecked }
 // asks the connection's NamedValueChecker when the statement has none (as
 // database/sql would), and marks the connection at each execution.
 func TestWrapStmt(t *testing.T) {
-	c := &conn{}
+	c := &conn{c: &Connector{}}
 	plain := &bareStmt{}
-	if got := c.wrapStmt(plain, sqltext.Scan("select 1")); got != driver.Stmt(plain) {
+	if got := c.wrapStmt(plain, "select 1"); got != driver.Stmt(plain) {
 		t.Errorf("a plain read was wrapped: %T", got)
 	}
-	w := c.wrapStmt(plain, sqltext.Scan("BEGIN"))
+	w := c.wrapStmt(plain, "BEGIN")
 	if _, ok := w.(driver.ColumnConverter); ok { //nolint:staticcheck // the point of the test
 		t.Error("wrapper of a statement without ColumnConverter declares it")
 	}
@@ -55,11 +53,11 @@ func TestWrapStmt(t *testing.T) {
 	if !c.maybeTx || plain.execs != 1 {
 		t.Errorf("an execution of BEGIN: maybeTx %v, inner executions %d", c.maybeTx, plain.execs)
 	}
-	if _, ok := c.wrapStmt(&ccStmt{}, sqltext.Scan("SET ROLE x")).(driver.ColumnConverter); !ok { //nolint:staticcheck // the point of the test
+	if _, ok := c.wrapStmt(&ccStmt{}, "SET ROLE x").(driver.ColumnConverter); !ok { //nolint:staticcheck // the point of the test
 		t.Error("wrapper of a statement with ColumnConverter lost it")
 	}
-	c2 := &conn{inner: nvcConn{}}
-	w2 := c2.wrapStmt(&bareStmt{}, sqltext.Scan("SET ROLE x"))
+	c2 := &conn{c: &Connector{}, inner: nvcConn{}}
+	w2 := c2.wrapStmt(&bareStmt{}, "SET ROLE x")
 	if err := w2.(driver.NamedValueChecker).CheckNamedValue(&driver.NamedValue{}); err != errChecked {
 		t.Errorf("CheckNamedValue: %v, want the connection's", err)
 	}
