@@ -163,7 +163,12 @@ func splitURL(scheme, rest string) (parsedDSN, error) {
 			b.plain(piece)
 		}
 	}
-	d.inner, d.masked, d.secret = b.in.String(), b.mk.String(), b.secret
+	// Removing pool_* keys may leave white space at the end (a value ending
+	// in a space before them), which a second reading would trim: trim it
+	// now (pgx and libpq drop it from a value anyway).
+	d.inner = strings.TrimRight(b.in.String(), asciiSpace)
+	d.masked = strings.TrimRight(b.mk.String(), asciiSpace)
+	d.secret = b.secret
 	return d, nil
 }
 
@@ -263,7 +268,7 @@ func splitKeyValue(s string) (parsedDSN, error) {
 		if isSecretKey(key) {
 			b.plain(s[start:valueStart])
 			b.password(s[valueStart:i])
-			if s[valueStart] != '\'' && strings.IndexFunc(s[valueStart:i], func(r rune) bool { return r > 0x7f && unicode.IsSpace(r) }) >= 0 {
+			if valueStart < i && s[valueStart] != '\'' && strings.IndexFunc(s[valueStart:i], func(r rune) bool { return r > 0x7f && unicode.IsSpace(r) }) >= 0 {
 				unicodeSpace = true
 			}
 			continue
