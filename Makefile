@@ -16,24 +16,57 @@ setup:
 # them, so each target names them too.
 CMD_MODULE := cmd/warmpg
 EXAMPLES_MODULE := examples
+# tools/pgcontainer (testcontainers-go, the Docker client) is one too: the
+# container path for laptops, kept out of every adopter's module graph.
+TOOLS_MODULE := tools/pgcontainer
 
 vet:
 	$(GO) vet ./...
 	$(GO) -C $(CMD_MODULE) vet ./...
 	$(GO) -C $(EXAMPLES_MODULE) vet ./...
+	$(GO) -C $(TOOLS_MODULE) vet ./...
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-# vet, gofmt, then every test with the race detector against real servers.
-# The DSN parser's fuzz test runs here too, on its committed seeds only
-# (testdata/fuzz/FuzzParseDSN): `make test` never explores at random, so it
-# gives the same answer every time. Exploring is `make fuzz`.
-test: setup vet fmt-check
+# vet, gofmt, the adopter check, then every module's tests with the race
+# detector against real servers, then again on the oldest Go the go.mod
+# files declare. The DSN parser's fuzz test runs here too, on its committed
+# seeds only (testdata/fuzz/FuzzParseDSN): `make test` never explores at
+# random, so it gives the same answer every time. Exploring is `make fuzz`.
+# The container tool's tests skip the container itself without a Docker
+# engine.
+test: setup vet fmt-check adopter-check test-race test-oldest
+
+.PHONY: test-race adopter-check test-oldest
+test-race: setup
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 	$(GO) -C $(CMD_MODULE) test -race -count=1 -timeout 10m $(TESTFLAGS) ./...
 	$(GO) -C $(EXAMPLES_MODULE) test -race -count=1 -timeout 10m $(TESTFLAGS) ./...
+	$(GO) -C $(TOOLS_MODULE) test -race -count=1 -timeout 10m $(TESTFLAGS) ./...
+
+# A new module whose only import is warmpg must have at most 22 modules in
+# its graph (`go list -m all`); prints the count.
+adopter-check:
+	GO=$(GO) bash scripts/adopter-check.sh
+
+# The oldest supported Go (the go directive of go.mod), fetched through the
+# module proxy on first use. Without -race: this run checks that the code
+# builds and behaves on that toolchain; the race detector ran above.
+GO_OLDEST ?= go$(shell awk '$$1 == "go" { print $$2; exit }' go.mod)
+test-oldest: setup
+	GOTOOLCHAIN=$(GO_OLDEST) $(GO) version
+	GOTOOLCHAIN=$(GO_OLDEST) $(GO) vet ./...
+	GOTOOLCHAIN=$(GO_OLDEST) $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
+	GOTOOLCHAIN=$(GO_OLDEST) $(GO) -C $(CMD_MODULE) test -count=1 -timeout 10m $(TESTFLAGS) ./...
+	GOTOOLCHAIN=$(GO_OLDEST) $(GO) -C $(EXAMPLES_MODULE) test -count=1 -timeout 10m $(TESTFLAGS) ./...
+	GOTOOLCHAIN=$(GO_OLDEST) $(GO) -C $(TOOLS_MODULE) test -count=1 -timeout 10m $(TESTFLAGS) ./...
+
+# The laptop path without PostgreSQL installed: ./bin/pgcontainer -- go test ./...
+.PHONY: bin/pgcontainer
+bin/pgcontainer:
+	$(GO) -C $(TOOLS_MODULE) build -o $(CURDIR)/bin/pgcontainer .
 
 # The DSN/option parser under go's fuzzer, exploring new inputs;
 # FUZZTIME=5m for a longer run. Not part of `make test`. An input that fails

@@ -1,23 +1,61 @@
-// Package warmpg is a database/sql driver for PostgreSQL that wraps a real
-// driver (github.com/jackc/pgx/v5/stdlib by default, github.com/lib/pq on
-// request, or any driver.Connector) and adds what database/sql's pool lacks:
+// Package warmpg is a database/sql driver for PostgreSQL that opens your
+// pool warm.
 //
-//   - warming: WarmDB opens a pool's connections concurrently, in about the
-//     time of one connect instead of one connect per connection;
+// database/sql opens connections lazily, one request at a time, and each one
+// pays a full connect: TCP, TLS negotiation, authentication (about 4 round
+// trips) and a server fork. A service that starts cold under traffic pays
+// that on its first requests. warmpg wraps a real driver —
+// github.com/jackc/pgx/v5/stdlib by default, github.com/lib/pq with
+// pool_backend=pq, or any driver.Connector through NewConnector — and adds:
+//
+//   - concurrent warming: WarmDB opens a pool's connections at once, in
+//     about the time of one connect instead of one per connection;
+//     pool_prewarm=true does it from the DSN alone, and pool_min_idle_conns
+//     keeps ready connections beyond what database/sql holds;
 //   - pool settings in the DSN (pool_max_conns, pool_max_idle_conns, ...),
 //     applied by Open and WarmDB;
-//   - reset control: what happens when a pooled connection is reused.
+//   - safe reuse with no round trip: the default pool_reset=check sends
+//     nothing when a pooled connection is reused, yet hands out none that a
+//     server restart killed, and rolls back or resets only what was left
+//     dirty;
+//   - autocommit for transactions that cannot write (pool_autocommit), and
+//     settings for PgBouncer in transaction mode (pool_pgbouncer) and read
+//     replicas (pool_read_only);
+//   - log/slog events and counters (Stats).
 //
-// It registers itself as "warmpg":
+// It registers itself as "warmpg" and is a drop-in for existing sql.Open
+// calls, GORM, sqlx and go-sqlmock tests:
 //
 //	db, err := sql.Open("warmpg", "postgres://app@db/app?pool_max_conns=60&pool_max_idle_conns=50")
 //	rep, err := warmpg.WarmDB(ctx, db) // 50 connections, opened concurrently, now idle in db
+//
+// or let Open apply the pool settings, which sql.Open cannot reach, and,
+// with pool_prewarm, warm before it returns:
+//
+//	db, err := warmpg.Open("postgres://app@db/app?pool_max_conns=20&pool_prewarm=true")
+//
+// # Settings
 //
 // Every DSN key that starts with pool_ is warmpg's and is removed before the
 // inner driver sees the DSN; everything else reaches the inner driver as it
 // was given. Each key can also be set with an environment variable
 // (EnvName: WARMPG_POOL_MAX_CONNS, ...) and with an Option; an Option wins
-// over the DSN, which wins over the environment.
+// over the DSN, which wins over the environment. Bad input fails sql.Open
+// and Open with an error that names the key, the value and what is
+// allowed, and never the password.
+//
+// # GORM and sqlx
+//
+// With GORM, open the *sql.DB yourself and pass postgres.Config{Conn: db}.
+// gorm.io/driver/postgres reads a table's columns over the simple protocol
+// only for the driver names "" and "pgx", so with DriverName: "warmpg" an
+// AutoMigrate after a schema change fails on pgx's statement cache ("cached
+// plan must not change result type"); with pool_backend=pq, DriverName:
+// "warmpg" is the form to use. sqlx picks placeholders by driver name and
+// does not know "warmpg": use sqlx.NewDb(db, "pgx").
+//
+// The repository's README has the settings table and the measured numbers;
+// its docs directory has each mode in detail.
 package warmpg
 
 import (

@@ -30,7 +30,10 @@ func gormConfig() *gorm.Config {
 
 // OpenByDriverName opens GORM on warmpg by driver name — GORM calls
 // sql.Open("warmpg", dsn) — then warms the pool under it, which also applies
-// the DSN's pool_* settings to it.
+// the DSN's pool_* settings to it. Use it with pool_backend=pq; on the pgx
+// backend prefer OpenOnDB, or put default_query_exec_mode=simple_protocol
+// in the DSN: with DriverName "warmpg", an AutoMigrate after a schema
+// change fails on pgx's statement cache (see the package doc).
 func OpenByDriverName(ctx context.Context, dsn string) (*gorm.DB, warmpg.WarmReport, error) {
 	gdb, err := gorm.Open(postgres.New(postgres.Config{DriverName: "warmpg", DSN: dsn}), gormConfig())
 	if err != nil {
@@ -50,7 +53,9 @@ func OpenByDriverName(ctx context.Context, dsn string) (*gorm.DB, warmpg.WarmRep
 
 // OpenOnDB opens GORM on a *sql.DB the application opened with warmpg.Open
 // (pool settings applied, warmed already with pool_prewarm=true) or
-// sql.Open("warmpg", ...). Closing the *sql.DB is the caller's business.
+// sql.Open("warmpg", ...): the form to use on the pgx backend, where GORM's
+// migrator then reads columns over the simple protocol. Closing the
+// *sql.DB is the caller's business.
 func OpenOnDB(db *sql.DB) (*gorm.DB, error) {
 	return gorm.Open(postgres.New(postgres.Config{Conn: db}), gormConfig())
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -188,5 +189,98 @@ func TestPrewarmFromDSNAlone(t *testing.T) {
 	c, _ := warmpg.Stats(sqlDB)
 	if c.FromReady == 0 || c.Connects != 3 {
 		t.Errorf("counters %v: want GORM's queries served from the 3 prewarmed connections", c)
+	}
+}
+
+// The accounts table before and after a schema change, for
+// TestAutoMigrateAfterAlterTable.
+type accountV1 struct {
+	ID    uint `gorm:"primaryKey"`
+	Owner string
+}
+
+func (accountV1) TableName() string { return "migrated_accounts" }
+
+type accountV2 struct {
+	ID    uint `gorm:"primaryKey"`
+	Owner string
+	Email string
+}
+
+func (accountV2) TableName() string { return "migrated_accounts" }
+
+// TestAutoMigrateAfterAlterTable: AutoMigrate, a schema change, then
+// AutoMigrate again, on one connection, in the forms the recipe recommends.
+// AutoMigrate reads the table's columns with SELECT * … LIMIT 1 (GORM's
+// Migrator.GetRows). gorm.io/driver/postgres sends that over the simple
+// protocol only when its DriverName is "" or "pgx"; with DriverName:
+// "warmpg" on the pgx backend it goes through pgx's statement cache, and
+// after the ALTER TABLE the cached statement fails with "cached plan must
+// not change result type (SQLSTATE 0A000)". Config{Conn: db} leaves
+// DriverName empty; lib/pq caches no statements.
+func TestAutoMigrateAfterAlterTable(t *testing.T) {
+	srv := pgtest.Get(t)
+	for _, tc := range []struct {
+		name    string
+		backend string
+		open    func(t *testing.T, dsn string) gorm.Dialector
+	}{
+		{"pgx/Conn from sql.Open", "pgx", func(t *testing.T, dsn string) gorm.Dialector {
+			db, err := sql.Open("warmpg", dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return postgres.New(postgres.Config{Conn: db})
+		}},
+		{"pgx/Conn from warmpg.Open", "pgx", func(t *testing.T, dsn string) gorm.Dialector {
+			db, err := warmpg.Open(dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return postgres.New(postgres.Config{Conn: db})
+		}},
+		{"pq/DriverName", "pq", func(t *testing.T, dsn string) gorm.Dialector {
+			return postgres.New(postgres.Config{DriverName: "warmpg", DSN: dsn})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := extest.Ctx(t, 60*time.Second)
+			// One connection: every statement meets the previous ones' cache.
+			dsn := srv.URL(extest.Schema(t, srv), "pool_backend="+tc.backend, "pool_max_conns=1")
+			gdb, err := gorm.Open(tc.open(t, dsn), &gorm.Config{Logger: logger.Discard})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sqlDB, err := gdb.DB()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sqlDB.Close()
+			sqlDB.SetMaxOpenConns(1)
+			gdb = gdb.WithContext(ctx)
+			for i, step := range []func() error{
+				func() error { return gdb.AutoMigrate(&accountV1{}) }, // creates the table
+				func() error { return gdb.AutoMigrate(&accountV1{}) }, // reads its columns
+				func() error { return gdb.Exec("ALTER TABLE migrated_accounts ADD COLUMN note text").Error },
+				func() error { return gdb.AutoMigrate(&accountV2{}) }, // reads them again, adds email
+				func() error { return gdb.AutoMigrate(&accountV2{}) },
+				func() error { return gdb.Create(&accountV2{Owner: "ada", Email: "ada@example.com"}).Error },
+			} {
+				if err := step(); err != nil {
+					t.Fatalf("step %d: %v", i+1, err)
+				}
+			}
+			cols, err := gdb.Migrator().ColumnTypes(&accountV2{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for _, c := range cols {
+				names = append(names, c.Name())
+			}
+			if got := strings.Join(names, ","); got != "id,owner,note,email" {
+				t.Errorf("columns %s, want id,owner,note,email", got)
+			}
+		})
 	}
 }

@@ -3,6 +3,8 @@ package sqlxexample_test
 import (
 	"errors"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,5 +147,44 @@ func TestBindDriver(t *testing.T) {
 	u, err := sqlxexample.UserByEmail(ctx, db, "ada@example.com")
 	if err != nil || u.Name != "Ada" {
 		t.Errorf("UserByEmail = %+v, %v", u, err)
+	}
+}
+
+// With pool_pgbouncer=true a prepared statement stays in the client (a
+// transaction-mode pooler may run each statement on another server
+// connection), so Prepare sends nothing and bad SQL fails at the first
+// execution instead — sqlx's own TestNamedQueries expects the Prepare to
+// fail. Without the setting, Prepare asks the server and fails at once.
+func TestPgBouncerPrepareDefersErrors(t *testing.T) {
+	srv := pgtest.Get(t)
+	for _, backend := range []string{"pgx", "pq"} {
+		for _, bouncer := range []bool{false, true} {
+			t.Run(backend+"/pool_pgbouncer="+strconv.FormatBool(bouncer), func(t *testing.T) {
+				ctx := extest.Ctx(t, 30*time.Second)
+				db, err := sqlxexample.Open(srv.URL("pool_backend="+backend, "pool_max_conns=1"), warmpg.WithPgBouncer(bouncer))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				const bad = "select * from no_such_table_warmpg where id = :id"
+				st, err := db.PrepareNamedContext(ctx, bad)
+				if !bouncer {
+					if err == nil {
+						st.Close()
+						t.Fatal("PrepareNamed of bad SQL succeeded without pool_pgbouncer")
+					}
+					return
+				}
+				if err != nil {
+					t.Fatalf("PrepareNamed with pool_pgbouncer=true: %v; want no error until the first execution", err)
+				}
+				defer st.Close()
+				var ids []int64
+				err = st.SelectContext(ctx, &ids, map[string]any{"id": 1})
+				if err == nil || !strings.Contains(err.Error(), "no_such_table_warmpg") {
+					t.Fatalf("first execution: %v, want the server's error naming the table", err)
+				}
+			})
+		}
 	}
 }

@@ -8,7 +8,7 @@ import (
 
 // Own starts a private local cluster (StartLocal) for a test that stops,
 // restarts, freezes or reconfigures its server, and closes it when the test
-// ends. A server from WARMPG_TEST_DATABASE_URL or a container cannot be
+// ends. A server from WARMPG_TEST_DATABASE_URL (a container, say) cannot be
 // used for that, so without local server binaries the test skips, saying
 // why — or fails under CI=true. Any other failure to start fails the test.
 func Own(t testing.TB, ctx context.Context, opts ...Option) *Server {
@@ -41,6 +41,6 @@ func NeedLocal(t testing.TB, opts ...Option) {
 		if os.Getenv(EnvCI) == "true" {
 			t.Fatalf("pgtest: this test needs a private local cluster (CI=true makes this fatal): %v", err)
 		}
-		t.Skipf("pgtest: this test stops, restarts or reconfigures its own server, which needs local PostgreSQL server binaries (a shared, env or container server will not do; skipping, CI=true would fail): %v", err)
+		t.Skipf("pgtest: this test stops, restarts or reconfigures its own server, which needs local PostgreSQL server binaries (a shared or env server will not do; skipping, CI=true would fail): %v", err)
 	}
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // Without local binaries, Own skips (a test that restarts its server cannot
-// run on an env or container server) rather than failing, unless CI=true;
+// run on an env server) rather than failing, unless CI=true;
 // binaries named (WARMPG_PG_BIN) but missing are a mistake: it fails.
 func TestOwnSkipsWithoutLocalBinaries(t *testing.T) {
 	// A machine without binaries: nothing on PATH, no Debian directory.

@@ -10,15 +10,19 @@
 //		...
 //	}
 //
-// Get finds a server, in this order (WARMPG_TEST_BACKEND=env|local|container
-// forces one of them):
+// Get finds a server, in this order (WARMPG_TEST_BACKEND=env|local forces
+// one of them):
 //
 //  1. WARMPG_TEST_DATABASE_URL: an existing server, in URL form (Kind "env").
 //  2. Local server binaries (WARMPG_PG_BIN, else initdb and pg_ctl on PATH,
 //     else the highest /usr/lib/postgresql/*/bin): a throwaway cluster in a
 //     temporary directory, on a free port of 127.0.0.1 (Kind "local").
-//  3. testcontainers-go with the image postgres:15-alpine, only when a Docker
-//     engine answers (Kind "container").
+//
+// On a laptop with Docker and no PostgreSQL installed, the command in the
+// module tools/pgcontainer starts a container and runs the tests with
+// WARMPG_TEST_DATABASE_URL pointing at it. It is a module of its own so
+// that testcontainers-go and the Docker client stay out of warmpg's go.mod,
+// and so out of every module that imports warmpg.
 //
 // The shared server is started lazily on the first Get, so test runs that
 // never call Get start nothing; Main stops it and deletes its files when
@@ -49,7 +53,7 @@ import (
 const (
 	// EnvDatabaseURL names an existing server to use, in URL form.
 	EnvDatabaseURL = "WARMPG_TEST_DATABASE_URL"
-	// EnvBackend forces the kind of server: "env", "local" or "container".
+	// EnvBackend forces the kind of server: "env" or "local".
 	EnvBackend = "WARMPG_TEST_BACKEND"
 	// EnvPGBin is a directory holding initdb and pg_ctl.
 	EnvPGBin = "WARMPG_PG_BIN"
@@ -59,12 +63,12 @@ const (
 
 // Kinds of Server.
 const (
-	KindLocal     = "local"     // a cluster this package started from local binaries
-	KindEnv       = "env"       // an existing server named by WARMPG_TEST_DATABASE_URL
-	KindContainer = "container" // a testcontainers-go container
+	KindLocal = "local" // a cluster this package started from local binaries
+	KindEnv   = "env"   // an existing server named by WARMPG_TEST_DATABASE_URL
 )
 
-// The password-authenticated role every local or container server has.
+// The password-authenticated role every local server has (and a container
+// from tools/pgcontainer).
 const (
 	// PasswordUser is a login role that must authenticate with a password
 	// (scram-sha-256) over TCP.
@@ -85,14 +89,13 @@ type Server struct {
 	User     string
 	Password string
 	Database string
-	// Kind is KindLocal, KindEnv or KindContainer.
+	// Kind is KindLocal or KindEnv.
 	Kind string
 
-	params  []param         // base connection parameters; nil means sslmode=disable
-	local   *cluster        // set for Kind "local"
-	ctr     containerHandle // set for Kind "container" on the owner
-	owner   bool            // Close stops and removes the server
-	hasPW   bool            // the PasswordUser role exists
+	params  []param  // base connection parameters; nil means sslmode=disable
+	local   *cluster // set for Kind "local"
+	owner   bool     // Close stops and removes the server
+	hasPW   bool     // the PasswordUser role exists
 	closeMu sync.Mutex
 	closed  bool
 }
@@ -166,7 +169,7 @@ func (s *Server) Restart(ctx context.Context, mode string) error {
 }
 
 // Close stops the server (immediate mode) and removes its files if this
-// Server started it: one from StartLocal, StartContainer or Open. It is a
+// Server started it: one from StartLocal or Open. It is a
 // no-op for the shared server of Get (Main closes that), for Kind "env" and
 // for copies made by WithUser. Close may be called more than once.
 func (s *Server) Close() error {
@@ -187,11 +190,8 @@ func (s *Server) shutdown() error {
 	unregister(s)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	switch {
-	case s.local != nil:
+	if s.local != nil {
 		return s.local.destroy(ctx)
-	case s.ctr != nil:
-		return s.ctr.Terminate(ctx)
 	}
 	return nil
 }
@@ -214,8 +214,8 @@ func (s *Server) WithUser(user, password string) *Server {
 }
 
 // HasPasswordUser reports whether the server has the role PasswordUser with
-// the password PasswordUserPassword: always for Kind "local" and
-// "container"; for Kind "env" only if someone created the role.
+// the password PasswordUserPassword: always for Kind "local"; for Kind
+// "env" only if someone created the role (tools/pgcontainer does).
 func (s *Server) HasPasswordUser() bool { return s.hasPW }
 
 // WithPasswordUser returns a copy of s that connects as PasswordUser with
@@ -340,19 +340,18 @@ func (s *Server) ping(ctx context.Context) error {
 	return nil
 }
 
-// Option configures StartLocal, StartContainer and Open.
+// Option configures StartLocal and Open.
 type Option func(*config)
 
 type config struct {
 	binDir       string
 	settings     []param
 	startTimeout time.Duration
-	image        string
 	tls          bool // WithTLS (StartLocal only; see tls.go)
 }
 
 func newConfig(opts []Option) *config {
-	c := &config{startTimeout: 60 * time.Second, image: DefaultImage}
+	c := &config{startTimeout: 60 * time.Second}
 	for _, o := range opts {
 		o(c)
 	}
@@ -363,9 +362,8 @@ func newConfig(opts []Option) *config {
 // looking for them.
 func WithBinDir(dir string) Option { return func(c *config) { c.binDir = dir } }
 
-// WithSetting sets a server setting: a postgresql.conf line for StartLocal,
-// a -c flag for StartContainer. Later settings override earlier ones and
-// the defaults.
+// WithSetting sets a server setting: a postgresql.conf line for
+// StartLocal. Later settings override earlier ones and the defaults.
 func WithSetting(name, value string) Option {
 	return func(c *config) { c.settings = append(c.settings, param{name, value}) }
 }
@@ -376,16 +374,11 @@ func WithStartTimeout(d time.Duration) Option {
 	return func(c *config) { c.startTimeout = d }
 }
 
-// WithImage sets the container image for StartContainer (default
-// DefaultImage).
-func WithImage(image string) Option { return func(c *config) { c.image = image } }
-
-// Open gets a new server of the given backend — "env", "local",
-// "container", or "" for the choice Get makes (WARMPG_TEST_BACKEND if set,
-// else WARMPG_TEST_DATABASE_URL, local binaries, a container) — and checks
-// that it answers. The caller must Close it. Unlike Get, Open never skips:
-// it returns the reason no server could be had; errors.Is(err, ErrNoDocker)
-// tells that the container path found no Docker engine.
+// Open gets a new server of the given backend — "env", "local", or "" for
+// the choice Get makes (WARMPG_TEST_BACKEND if set, else
+// WARMPG_TEST_DATABASE_URL, else local binaries) — and checks that it
+// answers. The caller must Close it. Unlike Get, Open never skips: it
+// returns the reason no server could be had.
 func Open(ctx context.Context, backend string, opts ...Option) (*Server, error) {
 	if backend == "" {
 		backend = os.Getenv(EnvBackend)
@@ -395,24 +388,22 @@ func Open(ctx context.Context, backend string, opts ...Option) (*Server, error) 
 		return openEnv(ctx)
 	case KindLocal:
 		return StartLocal(ctx, opts...)
-	case KindContainer:
-		return StartContainer(ctx, opts...)
+	case "container":
+		return nil, fmt.Errorf("pgtest: %s=container: the container path is the module tools/pgcontainer; "+
+			"run the tests through it (make bin/pgcontainer && ./bin/pgcontainer -- go test ./...), "+
+			"which sets %s", EnvBackend, EnvDatabaseURL)
 	case "", "auto":
 	default:
-		return nil, fmt.Errorf("pgtest: %s=%q: want env, local or container", EnvBackend, backend)
+		return nil, fmt.Errorf("pgtest: %s=%q: want env or local", EnvBackend, backend)
 	}
 	if os.Getenv(EnvDatabaseURL) != "" {
 		return openEnv(ctx)
 	}
-	srv, lerr := StartLocal(ctx, opts...)
-	if lerr == nil {
-		return srv, nil
+	srv, err := StartLocal(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w; and %s is not set (with Docker: ./bin/pgcontainer -- go test ./... sets it)", err, EnvDatabaseURL)
 	}
-	srv, cerr := StartContainer(ctx, opts...)
-	if cerr == nil {
-		return srv, nil
-	}
-	return nil, fmt.Errorf("no local server (%v); no container (%v)", lerr, cerr)
+	return srv, nil
 }
 
 // openEnv checks the server named by WARMPG_TEST_DATABASE_URL.

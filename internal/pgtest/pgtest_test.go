@@ -331,7 +331,7 @@ func TestConnStrings(t *testing.T) {
 
 func TestOpenBadBackend(t *testing.T) {
 	_, err := pgtest.Open(context.Background(), "nonsense")
-	if err == nil || !strings.Contains(err.Error(), "want env, local or container") {
+	if err == nil || !strings.Contains(err.Error(), "want env or local") {
 		t.Fatalf("Open(nonsense) = %v", err)
 	}
 }
@@ -375,34 +375,19 @@ func TestEnvBackend(t *testing.T) {
 	t.Logf("dead URL: %v", err)
 }
 
-// TestContainerPath forces the container path. With no Docker engine it
-// must skip — even under CI=true — with the reason.
-func TestContainerPath(t *testing.T) {
-	ctx := ctxT(t, 10*time.Minute)
-	t.Setenv(pgtest.EnvBackend, pgtest.KindContainer)
-	start := time.Now()
-	srv, err := pgtest.Open(ctx, "")
-	if errors.Is(err, pgtest.ErrNoDocker) {
-		if d := time.Since(start); d > 15*time.Second {
-			t.Errorf("finding out that there is no Docker took %v", d)
+// TestContainerBackend: the container path is no longer in this package
+// (testcontainers-go would enter warmpg's go.mod); asking for it says where
+// it went and which variable it sets.
+func TestContainerBackend(t *testing.T) {
+	t.Setenv(pgtest.EnvBackend, "container")
+	_, err := pgtest.Open(context.Background(), "")
+	if err == nil {
+		t.Fatal("WARMPG_TEST_BACKEND=container opened a server")
+	}
+	for _, want := range []string{"tools/pgcontainer", pgtest.EnvDatabaseURL} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not name %s: %v", want, err)
 		}
-		t.Skipf("container path unavailable: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	if srv.Kind != pgtest.KindContainer || srv.Managed() {
-		t.Fatalf("container server: Kind=%q Managed=%v", srv.Kind, srv.Managed())
-	}
-	if err := selectOne(ctx, srv.URL()); err != nil {
-		t.Fatal(err)
-	}
-	if err := selectOne(ctx, srv.WithPasswordUser(t).URL()); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Restart(ctx, "fast"); !errors.Is(err, pgtest.ErrNotManaged) {
-		t.Fatalf("Restart of a container: %v, want ErrNotManaged", err)
 	}
 }
 
@@ -411,9 +396,6 @@ func TestNoGoroutineLeak(t *testing.T) {
 	srv := pgtest.Get(t)
 	before := goleak.IgnoreCurrent()
 	ctx := ctxT(t, 30*time.Second)
-	if _, err := pgtest.Open(ctx, pgtest.KindContainer); err == nil {
-		t.Log("a Docker engine answers; not checking the container path for leaks")
-	}
 	if _, err := srv.BackendCount(ctx, "x"); err != nil {
 		t.Fatal(err)
 	}

@@ -41,8 +41,8 @@ type tlsFiles struct {
 // for verify-full by name, use WithHost("localhost"). Server.WrongCAFile()
 // is a CA that did not sign it, for tests that verification can fail.
 //
-// WithTLS is for StartLocal only: StartContainer and a server from
-// WARMPG_TEST_DATABASE_URL ignore it, and their CAFile is "".
+// WithTLS is for StartLocal only: a server from WARMPG_TEST_DATABASE_URL
+// ignores it, and its CAFile is "".
 func WithTLS() Option { return func(c *config) { c.tls = true } }
 
 // CAFile returns the path of the PEM certificate of the CA that signed the

@@ -1,4 +1,4 @@
-package pgtest
+package main
 
 import (
 	"bufio"
@@ -12,55 +12,71 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 )
 
-// DefaultImage is the image StartContainer runs.
+// DefaultImage is the image the command runs unless -image names another.
 const DefaultImage = "postgres:15-alpine"
 
-// containerPassword is the superuser's password in a container (the image
-// requires password authentication over TCP).
-const containerPassword = "warmpg-container-pw"
+// The roles of the container. The image requires password authentication
+// over TCP, so the superuser has one too.
+const (
+	superuser         = "postgres"
+	superuserPassword = "warmpg-container-pw"
+	// passwordUser and passwordUserPassword are internal/pgtest's
+	// PasswordUser and PasswordUserPassword: tests that check how passwords
+	// are sent need this role, and find it on a WARMPG_TEST_DATABASE_URL
+	// server when it exists.
+	passwordUser         = "warmpg_pw"
+	passwordUserPassword = "s3cr3t-warmpg-pw"
+)
 
-// ErrNoDocker is wrapped by the errors of StartContainer and Open when no
-// Docker engine answers.
-var ErrNoDocker = errors.New("no Docker engine answers")
-
-// containerHandle is what Close needs of a container.
-type containerHandle interface {
-	Terminate(ctx context.Context, opts ...testcontainers.TerminateOption) error
+// serverSettings are the -c flags of the container's postgres, the same
+// tuning internal/pgtest gives its local clusters: a throwaway server that
+// need not survive a crash, with room for the tests' pools.
+var serverSettings = []string{
+	"fsync=off",
+	"synchronous_commit=off",
+	"full_page_writes=off",
+	"max_connections=500",
+	"shared_buffers=64MB",
 }
 
-// StartContainer starts a new PostgreSQL container (DefaultImage, or the
-// one WithImage names) with testcontainers-go, tuned like StartLocal's
-// cluster, with the role PasswordUser. The caller must Close it. When no
-// Docker engine answers it returns an error wrapping ErrNoDocker quickly,
-// without starting anything; it never panics.
-func StartContainer(ctx context.Context, opts ...Option) (srv *Server, err error) {
-	cfg := newConfig(opts)
+// ErrNoDocker is wrapped by the errors of startContainer when no Docker
+// engine answers.
+var ErrNoDocker = errors.New("no Docker engine answers")
+
+// container is a running PostgreSQL container.
+type container struct {
+	URL  string // superuser URL, sslmode=disable
+	stop func(context.Context) error
+}
+
+// Close stops and removes the container.
+func (c *container) Close(ctx context.Context) error { return c.stop(ctx) }
+
+// startContainer starts a PostgreSQL container from image with
+// testcontainers-go, creates the role warmpg_pw and returns its superuser
+// URL. When no Docker engine answers it returns an error wrapping
+// ErrNoDocker quickly, without starting anything; it never panics.
+func startContainer(ctx context.Context, image string) (c *container, err error) {
 	if err := dockerAvailable(ctx); err != nil {
 		return nil, err
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			srv, err = nil, fmt.Errorf("pgtest: testcontainers panicked: %v", r)
+			c, err = nil, fmt.Errorf("pgcontainer: testcontainers panicked: %v", r)
 		}
 	}()
-
 	args := []string{"postgres"}
-	for _, p := range append([]param{
-		{"fsync", "off"},
-		{"synchronous_commit", "off"},
-		{"full_page_writes", "off"},
-		{"max_connections", "500"},
-		{"shared_buffers", "64MB"},
-	}, cfg.settings...) {
-		args = append(args, "-c", p.key+"="+p.value)
+	for _, s := range serverSettings {
+		args = append(args, "-c", s)
 	}
-	ctr, err := tcpostgres.Run(ctx, cfg.image,
-		tcpostgres.WithUsername("postgres"),
-		tcpostgres.WithPassword(containerPassword),
+	ctr, err := tcpostgres.Run(ctx, image,
+		tcpostgres.WithUsername(superuser),
+		tcpostgres.WithPassword(superuserPassword),
 		tcpostgres.WithDatabase("postgres"),
 		testcontainers.WithCmd(args...),
 		tcpostgres.BasicWaitStrategies(),
@@ -69,11 +85,11 @@ func StartContainer(ctx context.Context, opts ...Option) (srv *Server, err error
 		if ctr != nil {
 			_ = ctr.Terminate(context.Background())
 		}
-		return nil, fmt.Errorf("pgtest: starting container %s: %w", cfg.image, err)
+		return nil, fmt.Errorf("pgcontainer: starting container %s: %w", image, err)
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			srv, err = nil, fmt.Errorf("pgtest: testcontainers panicked: %v", r)
+			c, err = nil, fmt.Errorf("pgcontainer: testcontainers panicked: %v", r)
 		}
 		if err != nil {
 			_ = ctr.Terminate(context.Background())
@@ -81,29 +97,44 @@ func StartContainer(ctx context.Context, opts ...Option) (srv *Server, err error
 	}()
 	host, err := ctr.Host(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("pgtest: container host: %w", err)
+		return nil, fmt.Errorf("pgcontainer: container host: %w", err)
 	}
 	port, err := ctr.MappedPort(ctx, "5432/tcp")
 	if err != nil {
-		return nil, fmt.Errorf("pgtest: container port: %w", err)
+		return nil, fmt.Errorf("pgcontainer: container port: %w", err)
 	}
-	srv = &Server{
-		Kind:     KindContainer,
-		Host:     host,
-		Port:     int(port.Num()),
-		User:     "postgres",
-		Password: containerPassword,
-		Database: "postgres",
-		ctr:      ctr,
-		owner:    true,
-	}
-	err = srv.Exec(ctx, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", PasswordUser, PasswordUserPassword))
-	if err != nil {
+	u := serverURL(host, port.Port(), superuser, superuserPassword)
+	if err := execSQL(ctx, u, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", passwordUser, passwordUserPassword)); err != nil {
 		return nil, err
 	}
-	srv.hasPW = true
-	register(srv)
-	return srv, nil
+	return &container{URL: u, stop: func(ctx context.Context) error { return ctr.Terminate(ctx) }}, nil
+}
+
+// serverURL is the URL of a server at host:port, with sslmode=disable.
+func serverURL(host, port, user, password string) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.UserPassword(user, password),
+		Host:     net.JoinHostPort(host, port),
+		Path:     "/postgres",
+		RawQuery: "sslmode=disable",
+	}
+	return u.String()
+}
+
+// execSQL runs sql on a short-lived connection to the server at rawURL.
+func execSQL(ctx context.Context, rawURL, sql string) error {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, rawURL)
+	if err != nil {
+		return fmt.Errorf("pgcontainer: connect: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(cctx, sql); err != nil {
+		return fmt.Errorf("pgcontainer: %w", err)
+	}
+	return nil
 }
 
 // dockerAvailable checks, with short timeouts, that a Docker engine answers:
@@ -113,13 +144,12 @@ func StartContainer(ctx context.Context, opts ...Option) (srv *Server, err error
 func dockerAvailable(ctx context.Context) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("pgtest: %w (testcontainers panicked: %v)", ErrNoDocker, r)
+			err = fmt.Errorf("pgcontainer: %w (testcontainers panicked: %v)", ErrNoDocker, r)
 		}
 	}()
-	hosts := dockerHosts()
 	var tried []string
 	answered := false
-	for _, h := range hosts {
+	for _, h := range dockerHosts() {
 		perr := pingDocker(ctx, h)
 		if perr == nil {
 			answered = true
@@ -131,18 +161,18 @@ func dockerAvailable(ctx context.Context) (err error) {
 		if len(tried) == 0 {
 			tried = append(tried, "no Docker socket found")
 		}
-		return fmt.Errorf("pgtest: %w (%s)", ErrNoDocker, strings.Join(tried, "; "))
+		return fmt.Errorf("pgcontainer: %w (%s)", ErrNoDocker, strings.Join(tried, "; "))
 	}
 
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	p, err := testcontainers.NewDockerProvider()
 	if err != nil {
-		return fmt.Errorf("pgtest: %w (testcontainers: %v)", ErrNoDocker, err)
+		return fmt.Errorf("pgcontainer: %w (testcontainers: %v)", ErrNoDocker, err)
 	}
 	defer p.Close()
 	if err := p.Health(hctx); err != nil {
-		return fmt.Errorf("pgtest: %w (testcontainers health check: %v)", ErrNoDocker, err)
+		return fmt.Errorf("pgcontainer: %w (testcontainers health check: %v)", ErrNoDocker, err)
 	}
 	return nil
 }
