@@ -427,7 +427,11 @@ func (h *holds) followExhaustion(ex *exhaustion, now int64) {
 		h.endExhaustion(ex, now, false)
 	case atLimit:
 		ex.quiet = 0
-		if now-ep.at >= grace && (ex.lastWarn == 0 || now-ex.lastWarn >= int64(h.every)) {
+		// Reported only while the pool is at its limit now: a pool that
+		// touched it in bursts and is below it at this look is not
+		// reported as exhausted with fewer in use than the limit (a
+		// saturated pool is seen at its limit at one look or another).
+		if now-ep.at >= grace && n >= lim && (ex.lastWarn == 0 || now-ex.lastWarn >= int64(h.every)) {
 			if !ex.reported {
 				h.reports.Add(1)
 			}
