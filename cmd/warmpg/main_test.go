@@ -311,7 +311,10 @@ func TestCheck(t *testing.T) {
 		}
 		one, ok1 := warm["15 with warmpg.WarmDB, 8 at once (estimate)"]
 		fleet, ok2 := warm["2 instances warming at once (estimate)"]
-		if !ok1 || !ok2 || one[1] > warm["15 connections one by one"][1] || fleet[1] < one[1] {
+		// The estimate comes from connects timed on this machine, which
+		// may be loaded: no bound against the one-by-one figure holds for
+		// certain, but the fleet's cannot be below one instance's.
+		if _, ok3 := warm["15 connections one by one"]; !ok1 || !ok2 || !ok3 || fleet[0] < one[0] || fleet[1] < one[1] {
 			t.Errorf("warming rows: %v", warm)
 		}
 		if !strings.Contains(sz["instances during a deploy"], "3 = 2 + 1") || !strings.Contains(sz["left for other clients"], "10% of the slots") {
