@@ -7,9 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // WarmReport is what one WarmDB call did.
@@ -28,11 +27,20 @@ type WarmReport struct {
 	Parallelism int
 	// Elapsed is the time from the call to the last connection held or failed.
 	Elapsed time.Duration
+	// ServerFull: the server refused a connection with SQLSTATE 53300 (no
+	// connection slot left for the role), so WarmDB dialled no more; the
+	// connections it did not dial are in Failed, as ErrWarmServerFull.
+	ServerFull bool
 }
 
-// String returns "warmed 48/50 in 23ms".
+// String returns "warmed 48/50 in 23ms", and when the server was full
+// "warmed 41/60 in 95ms; server full (SQLSTATE 53300): stopped dialling".
 func (r WarmReport) String() string {
-	return fmt.Sprintf("warmed %d/%d in %s", r.Warmed, r.Requested, r.Elapsed.Round(time.Microsecond))
+	s := fmt.Sprintf("warmed %d/%d in %s", r.Warmed, r.Requested, r.Elapsed.Round(time.Microsecond))
+	if r.ServerFull {
+		s += "; server full (SQLSTATE 53300): stopped dialling"
+	}
+	return s
 }
 
 // WarmDB opens a pool's connections concurrently and leaves them idle in db,
@@ -138,6 +146,12 @@ func warmDB(ctx context.Context, db *sql.DB, c *Connector, opts []Option) (WarmR
 // none free or the application was waiting for one (see WarmDB).
 var ErrWarmYielded = errors.New("warmpg: not warmed: the pool's connections were in use or awaited by the application")
 
+// ErrWarmServerFull is the failure WarmDB reports, in its error and in
+// WarmReport.Failed, for connections it did not dial because the server had
+// already refused one with SQLSTATE 53300 (too many connections): what
+// frees up is left to other clients, which need it more than a warm pool.
+var ErrWarmServerFull = errors.New("warmpg: not dialled: the server refused a connection with SQLSTATE 53300 (no connection slot left), so WarmDB stopped dialling")
+
 // yieldPoll is how often warm looks for application requests waiting for
 // a connection while it holds some.
 const yieldPoll = 2 * time.Millisecond
@@ -151,7 +165,7 @@ const yieldPoll = 2 * time.Millisecond
 // and every one its dials still in flight bring, starts no more, and
 // reports the rest as not warmed (ErrWarmYielded).
 func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg *config) (WarmReport, error) {
-	rep := WarmReport{Requested: n, Parallelism: p}
+	rep := WarmReport{Requested: n}
 	start := time.Now()
 	if n == 0 {
 		return rep, nil
@@ -212,32 +226,84 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		recordFailure(fails, &order, err)
 		mu.Unlock()
 	}
-	var g errgroup.Group
-	g.SetLimit(p)
+	// Dials start in a small window that each connection opened widens by
+	// one (so each opens the way for two), up to p: the window doubles
+	// every connect time. Alone on a server a pool fills about as fast as
+	// with p at once, since a few dials in flight already keep the server
+	// busy; a fleet of instances starting together against a scarce server
+	// grow alike and share it, instead of the first ones taking it all.
+	window := firstWindow(cfg, p)
+	results := make(chan dialResult, n)
+	var (
+		wg       sync.WaitGroup
+		inFlight int // goroutines started and not reported
+		dialing  atomic.Int32
+		peak     atomic.Int32
+		full     bool
+	)
+	note := func(r dialResult) {
+		inFlight--
+		switch {
+		case r == dialOK:
+			window = min(p, window+1)
+		case r == dialFull && !cfg.warmIgnoreFull:
+			full = true
+		}
+	}
 	for i := 0; i < n; i++ {
+		// Take every result in, then wait while the window is full.
+		for more := true; more; {
+			select {
+			case r := <-results:
+				note(r)
+			default:
+				more = false
+			}
+		}
+		for inFlight >= window {
+			note(<-results)
+		}
 		if yctx.Err() != nil {
 			// Do not start dials that cannot succeed; count them as failed.
 			fail(context.Cause(yctx))
 			continue
 		}
-		g.Go(func() error {
+		if full {
+			// The server has no slot left for this role: leave what
+			// frees up to other clients rather than race them for it.
+			fail(ErrWarmServerFull)
+			continue
+		}
+		inFlight++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
 			if yctx.Err() != nil {
 				fail(context.Cause(yctx))
-				return nil
+				results <- dialFailed
+				return
 			}
 			if limit > 0 && db.Stats().InUse >= limit {
 				// The request would wait for a connection someone else
 				// holds: leave the rest to the application.
 				yield(ErrWarmYielded)
 				fail(ErrWarmYielded)
-				return nil
+				results <- dialFailed
+				return
 			}
+			raise(&peak, dialing.Add(1))
 			// ctx, not yctx: a dial in flight when warm yields completes,
 			// and its connection goes to a waiter (below).
 			conn, err := db.Conn(ctx)
+			dialing.Add(-1)
 			if err != nil {
 				fail(err)
-				return nil
+				if serverFull(err) {
+					results <- dialFull
+				} else {
+					results <- dialFailed
+				}
+				return
 			}
 			mu.Lock()
 			warmed++
@@ -252,10 +318,15 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			if progressStep(now, n) && now < n {
 				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", now, "requested", n, "elapsed", time.Since(start))
 			}
-			return nil
-		})
+			results <- dialOK
+		}()
 	}
-	g.Wait()
+	wg.Wait()
+	for inFlight > 0 {
+		note(<-results)
+	}
+	rep.ServerFull = full
+	rep.Parallelism = int(peak.Load())
 	stopWatch()
 	rep.Elapsed = time.Since(start)
 	rep.Warmed = warmed
@@ -275,6 +346,44 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		errs = append(errs, fails[msg])
 	}
 	return rep, fmt.Errorf("warmpg: warmed %d of %d connections, %d failed: %w", rep.Warmed, rep.Requested, rep.Failed, errors.Join(errs...))
+}
+
+// warmFirstWindow is how many connections WarmDB dials at first (or
+// pool_warm_parallelism if lower); each one opened lets one more start.
+const warmFirstWindow = 8
+
+// firstWindow is the number of dials warm starts with, at most p.
+func firstWindow(cfg *config, p int) int {
+	w := warmFirstWindow
+	if cfg.warmRamp > 0 {
+		w = cfg.warmRamp
+	}
+	return max(1, min(w, p))
+}
+
+// dialResult is how one of warm's dials ended.
+type dialResult uint8
+
+const (
+	dialOK     dialResult = iota
+	dialFailed            // or not made: yielded, timed out
+	dialFull              // the server answered SQLSTATE 53300
+)
+
+// serverFull reports whether a connect failed because the server has no
+// connection slot left for the role: SQLSTATE 53300 (too_many_connections:
+// "sorry, too many clients already", "remaining connection slots are
+// reserved ...", "too many connections for role ...").
+func serverFull(err error) bool {
+	// pgx's *pgconn.PgError and lib/pq's *pq.Error both say SQLState.
+	var coded interface{ SQLState() string }
+	return errors.As(err, &coded) && coded.SQLState() == "53300"
+}
+
+// raise sets m to v if v is larger.
+func raise(m *atomic.Int32, v int32) {
+	for old := m.Load(); v > old && !m.CompareAndSwap(old, v); old = m.Load() {
+	}
 }
 
 // warmFailure is one distinct error and how many connections failed with it.
@@ -305,6 +414,9 @@ func recordFailure(fails map[string]*warmFailure, order *[]string, err error) {
 func logWarm(cfg *config, rep WarmReport, err error) {
 	msg := "warmpg: " + rep.String()
 	attrs := []any{"requested", rep.Requested, "warmed", rep.Warmed, "elapsed", rep.Elapsed, "parallelism", rep.Parallelism}
+	if rep.ServerFull {
+		attrs = append(attrs, "server_full", true)
+	}
 	if err != nil {
 		cfg.logEvent(slog.LevelWarn, msg, append(attrs, "failed", rep.Failed, "error", err)...)
 		return
