@@ -226,13 +226,16 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		recordFailure(fails, &order, err)
 		mu.Unlock()
 	}
-	// Dials start in a small window that each connection opened widens by
-	// one (so each opens the way for two), up to p: the window doubles
-	// every connect time. Alone on a server a pool fills about as fast as
-	// with p at once, since a few dials in flight already keep the server
-	// busy; a fleet of instances starting together against a scarce server
-	// grow alike and share it, instead of the first ones taking it all.
-	window := firstWindow(cfg, p)
+	// Dials start in a small window that doubles every connect time (the
+	// time the first dial took to end), up to p. Alone on a server a pool
+	// fills about as fast as with p at once: a few dials in flight already
+	// keep a server busy, and the window is p after a few connect times.
+	// Instances of a fleet that start together against a scarce server
+	// hold equal windows at each moment, so each claims about an equal
+	// share of its slots. (A window widened by each connection opened
+	// would not: an instance whose first connects happen to end early
+	// would grow faster, and keep the lead.)
+	win := newDialWindow(cfg, p, start)
 	results := make(chan dialResult, n)
 	var (
 		wg       sync.WaitGroup
@@ -243,10 +246,8 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	)
 	note := func(r dialResult) {
 		inFlight--
-		switch {
-		case r == dialOK:
-			window = min(p, window+1)
-		case r == dialFull && !cfg.warmIgnoreFull:
+		win.ended(time.Now())
+		if r == dialFull && !cfg.warmIgnoreFull {
 			full = true
 		}
 	}
@@ -260,8 +261,19 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				more = false
 			}
 		}
-		for inFlight >= window {
-			note(<-results)
+		for inFlight >= win.size(time.Now()) {
+			wake, ok := win.next()
+			if !ok {
+				note(<-results)
+				continue
+			}
+			t := time.NewTimer(time.Until(wake))
+			select {
+			case r := <-results:
+				note(r)
+			case <-t.C:
+			}
+			t.Stop()
 		}
 		if yctx.Err() != nil {
 			// Do not start dials that cannot succeed; count them as failed.
@@ -349,16 +361,55 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 }
 
 // warmFirstWindow is how many connections WarmDB dials at first (or
-// pool_warm_parallelism if lower); each one opened lets one more start.
+// pool_warm_parallelism if lower); see dialWindow.
 const warmFirstWindow = 8
 
-// firstWindow is the number of dials warm starts with, at most p.
-func firstWindow(cfg *config, p int) int {
+// dialWindow is how many dials warm may have in flight: first until the
+// first dial ends, then twice as many for each time that dial took (its
+// connect time) since warm started, up to p.
+type dialWindow struct {
+	first, p int
+	start    time.Time
+	rtt      time.Duration // 0 until the first dial ends
+}
+
+func newDialWindow(cfg *config, p int, start time.Time) *dialWindow {
 	w := warmFirstWindow
 	if cfg.warmRamp > 0 {
 		w = cfg.warmRamp
 	}
-	return max(1, min(w, p))
+	return &dialWindow{first: max(1, min(w, p)), p: p, start: start}
+}
+
+// ended notes that a dial ended at now.
+func (w *dialWindow) ended(now time.Time) {
+	if w.rtt == 0 {
+		w.rtt = max(now.Sub(w.start), time.Microsecond)
+	}
+}
+
+// doublings caps the exponent: the window is p long before.
+const doublings = 16
+
+func (w *dialWindow) size(now time.Time) int {
+	if w.rtt == 0 {
+		return w.first
+	}
+	k := min(int(now.Sub(w.start)/w.rtt), doublings)
+	return min(w.p, w.first<<k)
+}
+
+// next is when the window next widens; false if it cannot widen yet (no
+// dial has ended) or any more (it is p).
+func (w *dialWindow) next() (time.Time, bool) {
+	if w.rtt == 0 {
+		return time.Time{}, false
+	}
+	k := min(int(time.Since(w.start)/w.rtt), doublings)
+	if w.first<<k >= w.p || k == doublings {
+		return time.Time{}, false
+	}
+	return w.start.Add(time.Duration(k+1) * w.rtt), true
 }
 
 // dialResult is how one of warm's dials ended.
