@@ -21,10 +21,10 @@ import (
 // real read-only transaction (BEGIN READ ONLY, at the requested isolation):
 // from there the server enforces ReadOnly and Commit and Rollback are real.
 //
-// What the text does not show still runs in autocommit: SELECT of a
-// function that writes (on a pool that is not pool_read_only, where the
-// server refuses it anyway), and the plain reads before the upgrade, each
-// with its own snapshot.
+// Still in autocommit: the plain reads before the upgrade, each committed
+// on its own, and what the text does not show — a SELECT of a function that
+// writes commits at once on a pool that is not pool_read_only (on one that
+// is, the server refuses it).
 
 // autocommitTx is the transaction of pool_autocommit. It is its
 // connection's until Commit or Rollback (conn.ac), which database/sql calls

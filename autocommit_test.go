@@ -74,6 +74,10 @@ func TestAutocommitSetLocalHolds(t *testing.T) {
 		t.Run(string(b), func(t *testing.T) {
 			ctx := ctxT(t, 20*time.Second)
 			db := acDB(t, srv.URL, b)
+			var session string
+			if err := db.QueryRowContext(ctx, "show statement_timeout").Scan(&session); err != nil {
+				t.Fatal(err)
+			}
 			tx := beginRO(t, ctx, db)
 			defer tx.Rollback()
 			if _, err := tx.ExecContext(ctx, "set local statement_timeout = '100ms'"); err != nil {
@@ -85,8 +89,8 @@ func TestAutocommitSetLocalHolds(t *testing.T) {
 				t.Fatal(err)
 			}
 			var timeout string
-			if err := db.QueryRowContext(ctx, "show statement_timeout").Scan(&timeout); err != nil || timeout != "0" {
-				t.Errorf("statement_timeout after the transaction: %q %v; want 0", timeout, err)
+			if err := db.QueryRowContext(ctx, "show statement_timeout").Scan(&timeout); err != nil || timeout != session {
+				t.Errorf("statement_timeout after the transaction: %q %v; want the session's %q", timeout, err, session)
 			}
 			if st, _ := warmpg.Stats(db); st.AutocommitTxs != 1 || st.AutocommitUpgrades != 1 {
 				t.Errorf("counters %v: want autocommit_txs=1 autocommit_upgrades=1", st)
@@ -526,4 +530,42 @@ func BenchmarkAutocommit(b *testing.B) {
 		b.ReportMetric(r.MedianRatio(name, "select"), name+"/select")
 	}
 	b.ReportMetric(r.MedianRatio("autocommit-setlocal", "real-setlocal"), "autocommit-setlocal/real-setlocal")
+}
+
+// On a hot standby (pool_read_only): the BEGIN READ ONLY of an upgrade is
+// accepted, so SET LOCAL holds there too, and a lock a standby allows is
+// held.
+func TestAutocommitUpgradeStandby(t *testing.T) {
+	ctx := ctxT(t, 2*time.Minute)
+	primary, standby := replicaPair(t, ctx)
+	if err := primary.Exec(ctx, "create table ac_standby (i int)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := standby.WaitReplayed(ctx, primary); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			db := acDB(t, standby.URL, b, "pool_read_only=true")
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(ctx, "lock table ac_standby in access share mode"); err != nil {
+				t.Fatalf("LOCK TABLE … IN ACCESS SHARE MODE on the standby: %v", err)
+			}
+			if _, err := tx.ExecContext(ctx, "set local statement_timeout = '100ms'"); err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.ExecContext(ctx, "select pg_sleep(0.6)")
+			wantState(t, "pg_sleep(0.6) after SET LOCAL statement_timeout='100ms' on the standby", err, "57014")
+			if err := tx.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			if st, _ := warmpg.Stats(db); st.AutocommitUpgrades != 1 {
+				t.Errorf("counters %v: want autocommit_upgrades=1", st)
+			}
+		})
+	}
 }

@@ -74,6 +74,10 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 		// and read its tail as a port, query or fragment.
 		return nil, errors.New(`warmpg: malformed DSN: with pool_backend=pq a URL's user:password part cannot hold a raw "?" or "#" (percent-encode them: %3F, %23)`)
 	}
+	if d.unquotedUnicodeSpace && cfg.backend == BackendPQ {
+		// lib/pq would end the password there and read the rest as keys.
+		return nil, errors.New(`warmpg: malformed DSN: with pool_backend=pq an unquoted password cannot hold a non-ASCII space (quote it: password='...')`)
+	}
 	ic, tsa, err := backendConnector(&cfg, d.inner)
 	if err != nil {
 		return nil, d.backendError(cfg.backend, err, func(s string) error {

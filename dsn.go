@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode"
 )
 
 // dsnParam is one pool_* key found in a DSN.
@@ -31,6 +32,10 @@ type parsedDSN struct {
 	// which pgx and libpq read as part of the password and Go's net/url
 	// (lib/pq) as the start of the query or fragment.
 	userinfoQF bool
+	// unquotedUnicodeSpace: a key=value password, unquoted, holds a
+	// non-ASCII space, where lib/pq (unicode.IsSpace) ends the value and
+	// pgx and libpq do not.
+	unquotedUnicodeSpace bool
 }
 
 // splitDSN removes warmpg's pool_* keys from a DSN and returns what the
@@ -178,6 +183,7 @@ func isSecretKey(key string) bool { return key == "password" || key == "sslpassw
 func splitKeyValue(s string) (parsedDSN, error) {
 	var b maskBuilder
 	var pool []dsnParam
+	unicodeSpace := false
 	words := 0 // pairs read so far
 	sep := ""
 	i := 0
@@ -257,11 +263,14 @@ func splitKeyValue(s string) (parsedDSN, error) {
 		if isSecretKey(key) {
 			b.plain(s[start:valueStart])
 			b.password(s[valueStart:i])
+			if s[valueStart] != '\'' && strings.IndexFunc(s[valueStart:i], func(r rune) bool { return r > 0x7f && unicode.IsSpace(r) }) >= 0 {
+				unicodeSpace = true
+			}
 			continue
 		}
 		b.plain(s[start:i])
 	}
-	return parsedDSN{inner: b.in.String(), masked: b.mk.String(), pool: pool, secret: b.secret}, nil
+	return parsedDSN{inner: b.in.String(), masked: b.mk.String(), pool: pool, secret: b.secret, unquotedUnicodeSpace: unicodeSpace}, nil
 }
 
 // Errors after parsing need no masking: pgx and lib/pq build connect errors

@@ -133,6 +133,19 @@ func TestDSNAmbiguousPasswordRefused(t *testing.T) {
 		t.Fatalf("pgx with '?' in the password: %v", err)
 	}
 	c.Close()
+	// lib/pq ends an unquoted value at any Unicode space; pgx and libpq
+	// at an ASCII one. Here lib/pq would connect to host "evil".
+	if _, err := OpenConnector("host=h pool_backend=pq password=S3cr\u00a0host=evil"); err == nil || strings.Contains(err.Error(), "S3cr") || strings.Contains(err.Error(), "evil") {
+		t.Errorf("pq with a non-ASCII space in an unquoted password: got %v, want a refusal without the password", err)
+	}
+	for _, dsn := range []string{"host=h pool_backend=pq password='S3cr\u00a0tZ'", "host=h password=S3cr\u00a0tZ"} {
+		c, err := OpenConnector(dsn)
+		if err != nil {
+			t.Errorf("%q: %v", dsn, err)
+			continue
+		}
+		c.Close()
+	}
 }
 
 // TestDSNWhitespaceAndCapitalsConnectWhereTheDSNSays: a URL with white space

@@ -67,11 +67,11 @@ type holds struct {
 	debug bool          // pool_log_level=debug: log every checkout and return
 	epoch time.Time     // checkout times are monotonic nanoseconds since epoch, plus 1
 
-	limit   atomic.Int64 // connections the pool may open; 0: unknown or no limit
-	inUse   atomic.Int64 // connections checked out now
-	full    atomic.Int64 // checkouts that found the pool at its limit
-	since   atomic.Int64 // when the current exhaustion began (epoch time); 0: none
-	warming atomic.Int32 // WarmDB calls running: the pool is full on purpose
+	limit   atomic.Int64            // connections the pool may open; 0: unknown or no limit
+	inUse   atomic.Int64            // connections checked out now
+	full    atomic.Int64            // checkouts that found the pool at its limit
+	episode atomic.Pointer[episode] // the current exhaustion; nil: none
+	warming atomic.Int32            // WarmDB calls running: the pool is full on purpose
 	db      atomic.Pointer[sql.DB]
 	ids     atomic.Uint64
 	leaks   atomic.Int64 // checkouts reported held past the threshold
@@ -186,9 +186,8 @@ func (c *conn) checkout() {
 	n := h.inUse.Add(1)
 	if lim := h.limit.Load(); lim > 0 && n >= lim && h.every > 0 {
 		h.full.Add(1)
-		if h.since.Load() == 0 && h.warming.Load() == 0 && h.since.CompareAndSwap(0, now) {
-			h.start()
-			h.poke()
+		if h.episode.Load() == nil && h.warming.Load() == 0 {
+			h.begin(now)
 		}
 	}
 	if h.debug {
@@ -293,7 +292,7 @@ func (h *holds) run() {
 		if h.leak > 0 {
 			wait = max(h.leak/2, time.Millisecond)
 		}
-		if h.since.Load() != 0 {
+		if h.episode.Load() != nil {
 			poll := max(h.grace()/4, time.Millisecond)
 			if wait == 0 || poll < wait {
 				wait = poll
@@ -375,29 +374,46 @@ func (h *holds) scanLeaks(now int64) {
 	}
 }
 
+// episode is an exhaustion as the checkout that found the pool at its
+// limit began it.
+type episode struct {
+	at    int64 // epoch time
+	waits int64 // the DB's WaitCount then; -1: DB unknown
+}
+
+// begin starts an exhaustion at now, unless one is already on, and wakes
+// the monitor. Only a checkout that finds the pool at its limit gets here,
+// so the DB's statistics are read once per exhaustion.
+func (h *holds) begin(now int64) {
+	e := &episode{at: now, waits: -1}
+	if db := h.db.Load(); db != nil {
+		e.waits = db.Stats().WaitCount
+	}
+	if h.episode.CompareAndSwap(nil, e) {
+		h.start()
+		h.poke()
+	}
+}
+
 // exhaustion is the monitor's state of one exhaustion.
 type exhaustion struct {
-	start     int64 // h.since when it was seen
-	lastFull  int64 // h.full at the last look
-	quiet     int64 // since when the pool has been below its limit with no checkout at it; 0: it is not
-	reported  bool
-	lastWarn  int64 // when it was last reported (across exhaustions: at most once per interval)
-	waitsFrom int64 // the DB's WaitCount when it began, -1: DB unknown
+	ep       *episode // the exhaustion followed
+	lastFull int64    // h.full at the last look
+	quiet    int64    // since when the pool has been below its limit with no checkout at it; 0: it is not
+	reported bool
+	lastWarn int64 // when it was last reported (across exhaustions: at most once per interval)
 }
 
 // followExhaustion looks at the pool while it is (or was just) at its
 // limit: it reports an exhaustion that lasted grace, again every interval,
 // and its end once the pool stayed below its limit for grace.
 func (h *holds) followExhaustion(ex *exhaustion, now int64) {
-	since := h.since.Load()
-	if since == 0 {
+	ep := h.episode.Load()
+	if ep == nil {
 		return
 	}
-	if since != ex.start {
-		*ex = exhaustion{start: since, lastFull: h.full.Load(), lastWarn: ex.lastWarn, waitsFrom: -1}
-		if db := h.db.Load(); db != nil {
-			ex.waitsFrom = db.Stats().WaitCount
-		}
+	if ep != ex.ep {
+		*ex = exhaustion{ep: ep, lastFull: h.full.Load(), lastWarn: ex.lastWarn}
 	}
 	lim := h.limit.Load()
 	full := h.full.Load()
@@ -408,10 +424,10 @@ func (h *holds) followExhaustion(ex *exhaustion, now int64) {
 	switch {
 	case h.warming.Load() > 0 || lim <= 0:
 		// WarmDB fills the pool on purpose; or the limit went away.
-		h.endExhaustion(ex, since, now, false)
+		h.endExhaustion(ex, now, false)
 	case atLimit:
 		ex.quiet = 0
-		if now-ex.start >= grace && (ex.lastWarn == 0 || now-ex.lastWarn >= int64(h.every)) {
+		if now-ep.at >= grace && (ex.lastWarn == 0 || now-ex.lastWarn >= int64(h.every)) {
 			if !ex.reported {
 				h.reports.Add(1)
 			}
@@ -422,24 +438,21 @@ func (h *holds) followExhaustion(ex *exhaustion, now int64) {
 	case ex.quiet == 0:
 		ex.quiet = now
 	case now-ex.quiet >= grace:
-		h.endExhaustion(ex, since, now, true)
+		h.endExhaustion(ex, now, true)
 	}
 }
 
-func (h *holds) endExhaustion(ex *exhaustion, since, now int64, recovered bool) {
+func (h *holds) endExhaustion(ex *exhaustion, now int64, recovered bool) {
 	if recovered && ex.reported {
 		h.c.cfg.logEvent(slog.LevelInfo, "warmpg: pool no longer exhausted",
-			"exhausted_for", time.Duration(ex.quiet-ex.start), "in_use", h.inUse.Load(), "limit", h.limit.Load())
+			"exhausted_for", time.Duration(ex.quiet-ex.ep.at), "in_use", h.inUse.Load(), "limit", h.limit.Load())
 	}
-	lastWarn := ex.lastWarn
-	*ex = exhaustion{lastWarn: lastWarn}
-	h.since.CompareAndSwap(since, 0)
+	h.episode.CompareAndSwap(ex.ep, nil)
+	*ex = exhaustion{lastWarn: ex.lastWarn}
 	// A checkout at the limit between the look above and the reset did not
 	// start a new exhaustion; look again.
 	if lim := h.limit.Load(); lim > 0 && h.inUse.Load() >= lim && h.warming.Load() == 0 {
-		if h.since.CompareAndSwap(0, now) {
-			h.poke()
-		}
+		h.begin(now)
 	}
 }
 
@@ -468,9 +481,9 @@ func (h *holds) logExhausted(ex *exhaustion, now, n, lim int64) {
 	if !cfg.logs(slog.LevelWarn) {
 		return
 	}
-	attrs := []any{"in_use", n, "limit", lim, "for", time.Duration(now - ex.start)}
-	if db := h.db.Load(); db != nil && ex.waitsFrom >= 0 {
-		attrs = append(attrs, "waits", db.Stats().WaitCount-ex.waitsFrom)
+	attrs := []any{"in_use", n, "limit", lim, "for", time.Duration(now - ex.ep.at)}
+	if db := h.db.Load(); db != nil && ex.ep.waits >= 0 {
+		attrs = append(attrs, "waits", db.Stats().WaitCount-ex.ep.waits)
 	}
 	for i, hd := range h.holders() {
 		if i == maxHolders {

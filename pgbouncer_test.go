@@ -503,6 +503,7 @@ func TestPgBouncerResetModesAcrossRestarts(t *testing.T) {
 			if err := srv.Restart(ctx, "fast"); err != nil {
 				t.Fatal(err)
 			}
+			bouncerServes(t, ctx, b)
 			row.serverRestart = burst("server restart")
 			if err := b.Restart(ctx); err != nil {
 				t.Fatal(err)
@@ -972,5 +973,30 @@ func TestPgBouncerAutocommit(t *testing.T) {
 				t.Errorf("counters %v: want %d autocommit transactions", st, n)
 			}
 		})
+	}
+}
+
+// bouncerServes waits until a new client of b gets an answer from the
+// server behind it. A server login the bouncer tried while a loaded machine
+// was still restarting the server fails every client for
+// server_login_retry after it ("server login has been failing"), whatever
+// the pool: the bursts after a restart measure the pool's stale
+// connections, so they start once the bouncer itself serves again.
+func bouncerServes(t *testing.T, ctx context.Context, b *pgtest.Bouncer) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := pgx.Connect(ctx, b.URL())
+		if err == nil {
+			err = c.QueryRow(ctx, "select 1").Scan(new(int))
+			c.Close(ctx)
+		}
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the bouncer does not serve 30 s after the server restarted: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -17,7 +17,9 @@ type WarmReport struct {
 	Requested int
 	// Warmed is how many it held: new connections plus idle ones it found.
 	// They are idle in the pool when WarmDB returns, or in use by the
-	// application if WarmDB gave them back early to requests waiting for one.
+	// application if WarmDB gave them back early to requests waiting for one
+	// (see WarmDB). A connection that arrived after WarmDB yielded went
+	// straight to a waiter and is not counted.
 	Warmed int
 	// Failed is Requested - Warmed: connections that failed, and those not
 	// warmed because the application held or awaited the pool's connections
@@ -186,6 +188,12 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	)
 	st := db.Stats()
 	limit, waits := st.MaxOpenConnections, st.WaitCount
+	ask := n
+	if limit > 0 {
+		// Never more than are free now, so that warm's own requests
+		// cannot make each other wait.
+		ask = max(0, min(n, limit-st.InUse))
+	}
 	stopWatch := func() {}
 	if limit > 0 {
 		// Without a limit database/sql never makes a request wait.
@@ -246,12 +254,18 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	)
 	note := func(r dialResult) {
 		inFlight--
-		win.ended(time.Now())
+		if r != dialSkipped {
+			win.ended(time.Now())
+		}
 		if r == dialFull && !cfg.warmIgnoreFull {
 			full = true
 		}
 	}
 	for i := 0; i < n; i++ {
+		if i >= ask {
+			fail(ErrWarmYielded)
+			continue
+		}
 		// Take every result in, then wait while the window is full.
 		for more := true; more; {
 			select {
@@ -292,7 +306,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			defer wg.Done()
 			if yctx.Err() != nil {
 				fail(context.Cause(yctx))
-				results <- dialFailed
+				results <- dialSkipped
 				return
 			}
 			if limit > 0 && db.Stats().InUse >= limit {
@@ -300,7 +314,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				// holds: leave the rest to the application.
 				yield(ErrWarmYielded)
 				fail(ErrWarmYielded)
-				results <- dialFailed
+				results <- dialSkipped
 				return
 			}
 			raise(&peak, dialing.Add(1))
@@ -318,15 +332,19 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				return
 			}
 			mu.Lock()
+			if yielded {
+				// A waiter needs it more. Not counted: a request of warm's
+				// that waited may have been handed one warm gave back.
+				recordFailure(fails, &order, ErrWarmYielded)
+				mu.Unlock()
+				conn.Close()
+				results <- dialOK
+				return
+			}
 			warmed++
 			now := warmed
-			if yielded {
-				mu.Unlock()
-				conn.Close() // a waiter needs it more
-			} else {
-				held = append(held, conn)
-				mu.Unlock()
-			}
+			held = append(held, conn)
+			mu.Unlock()
 			if progressStep(now, n) && now < n {
 				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", now, "requested", n, "elapsed", time.Since(start))
 			}
@@ -416,9 +434,10 @@ func (w *dialWindow) next() (time.Time, bool) {
 type dialResult uint8
 
 const (
-	dialOK     dialResult = iota
-	dialFailed            // or not made: yielded, timed out
-	dialFull              // the server answered SQLSTATE 53300
+	dialOK dialResult = iota
+	dialFailed
+	dialFull    // the server answered SQLSTATE 53300
+	dialSkipped // not made: warm yielded or timed out
 )
 
 // serverFull reports whether a connect failed because the server has no

@@ -78,8 +78,10 @@ func TestIntegrationWarmDBNeverStallsApplication(t *testing.T) {
 		if with > 3*time.Second {
 			t.Errorf("a query during WarmDB waited %s (without: %s): WarmDB held connections it could not use", with, without)
 		}
-		if rep.Warmed != 3 || rep.Failed != 1 || !errors.Is(werr, warmpg.ErrWarmYielded) {
-			t.Errorf("report %v, %v: want 3 warmed and 1 yielded", rep, werr)
+		// 3 were free; those that arrived after the query made WarmDB
+		// yield went to it and are not counted.
+		if rep.Warmed > 3 || rep.Failed != 4-rep.Warmed || !errors.Is(werr, warmpg.ErrWarmYielded) {
+			t.Errorf("report %v, %v: want at most the 3 free ones warmed, the rest yielded", rep, werr)
 		}
 		if rep.Elapsed > 3*time.Second {
 			t.Errorf("WarmDB took %s: it waited for the connection the application holds", rep.Elapsed)
