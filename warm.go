@@ -234,17 +234,14 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		recordFailure(fails, &order, err)
 		mu.Unlock()
 	}
-	// Dials start in a small window that doubles every connect time (the
-	// time the first dial took to end), up to p. Alone on a server a pool
-	// fills about as fast as with p at once: a few dials in flight already
-	// keep a server busy, and the window is p after a few connect times.
-	// Instances of a fleet that start together against a scarce server
-	// hold equal windows at each moment, so each claims about an equal
-	// share of its slots. (A window widened by each connection opened
-	// would not: an instance whose first connects happen to end early
-	// would grow faster, and keep the lead.)
-	win := newDialWindow(cfg, p, start)
-	results := make(chan dialResult, n)
+	// Dials start in a small window that grows while connects stay fast
+	// and shrinks when they slow down (see dialWindow). Alone on a server a
+	// pool fills about as fast as with p at once: a few dials in flight
+	// already keep a server busy. A fleet of instances starting together
+	// against a scarce server share its slots, instead of the first to
+	// dial taking them all.
+	win := newDialWindow(cfg, p)
+	results := make(chan dialEnd, n)
 	var (
 		wg       sync.WaitGroup
 		inFlight int // goroutines started and not reported
@@ -252,12 +249,12 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		peak     atomic.Int32
 		full     bool
 	)
-	note := func(r dialResult) {
+	note := func(e dialEnd) {
 		inFlight--
-		if r != dialSkipped {
-			win.ended(time.Now())
+		if e.r != dialSkipped {
+			win.ended(e.took, time.Now())
 		}
-		if r == dialFull && !cfg.warmIgnoreFull {
+		if e.r == dialFull && !cfg.warmIgnoreFull {
 			full = true
 		}
 	}
@@ -269,25 +266,14 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		// Take every result in, then wait while the window is full.
 		for more := true; more; {
 			select {
-			case r := <-results:
-				note(r)
+			case e := <-results:
+				note(e)
 			default:
 				more = false
 			}
 		}
-		for inFlight >= win.size(time.Now()) {
-			wake, ok := win.next()
-			if !ok {
-				note(<-results)
-				continue
-			}
-			t := time.NewTimer(time.Until(wake))
-			select {
-			case r := <-results:
-				note(r)
-			case <-t.C:
-			}
-			t.Stop()
+		for inFlight >= win.size {
+			note(<-results)
 		}
 		if yctx.Err() != nil {
 			// Do not start dials that cannot succeed; count them as failed.
@@ -306,7 +292,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			defer wg.Done()
 			if yctx.Err() != nil {
 				fail(context.Cause(yctx))
-				results <- dialSkipped
+				results <- dialEnd{r: dialSkipped}
 				return
 			}
 			if limit > 0 && db.Stats().InUse >= limit {
@@ -314,20 +300,22 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				// holds: leave the rest to the application.
 				yield(ErrWarmYielded)
 				fail(ErrWarmYielded)
-				results <- dialSkipped
+				results <- dialEnd{r: dialSkipped}
 				return
 			}
 			raise(&peak, dialing.Add(1))
+			began := time.Now()
 			// ctx, not yctx: a dial in flight when warm yields completes,
 			// and its connection goes to a waiter (below).
 			conn, err := db.Conn(ctx)
+			took := time.Since(began)
 			dialing.Add(-1)
 			if err != nil {
 				fail(err)
 				if serverFull(err) {
-					results <- dialFull
+					results <- dialEnd{dialFull, took}
 				} else {
-					results <- dialFailed
+					results <- dialEnd{dialFailed, took}
 				}
 				return
 			}
@@ -338,7 +326,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				recordFailure(fails, &order, ErrWarmYielded)
 				mu.Unlock()
 				conn.Close()
-				results <- dialOK
+				results <- dialEnd{dialOK, took}
 				return
 			}
 			warmed++
@@ -348,7 +336,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			if progressStep(now, n) && now < n {
 				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", now, "requested", n, "elapsed", time.Since(start))
 			}
-			results <- dialOK
+			results <- dialEnd{dialOK, took}
 		}()
 	}
 	wg.Wait()
@@ -382,52 +370,49 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 // pool_warm_parallelism if lower); see dialWindow.
 const warmFirstWindow = 8
 
-// dialWindow is how many dials warm may have in flight: first until the
-// first dial ends, then twice as many for each time that dial took (its
-// connect time) since warm started, up to p.
+// dialWindow is how many dials warm may have in flight: it starts at first
+// and, like TCP's slow start, each dial that ends in good time lets one more
+// start (the window doubles every connect time), up to p. A dial that took
+// more than twice the fastest one is a server busy with connects (a fork
+// and an authentication each): more in flight would only queue there, and
+// take the server's slots from other clients starting at the same time,
+// so the window halves, at most once per such connect time, down to first.
+// Instances of a fleet that start together all see the busy server, fall
+// back to first, and claim its slots at about the same pace.
 type dialWindow struct {
-	first, p int
-	start    time.Time
-	rtt      time.Duration // 0 until the first dial ends
+	first, p, size int
+	fastest        time.Duration // the fastest dial so far; 0: none yet
+	halved         time.Time     // when the window last halved
 }
 
-func newDialWindow(cfg *config, p int, start time.Time) *dialWindow {
+func newDialWindow(cfg *config, p int) *dialWindow {
 	w := warmFirstWindow
 	if cfg.warmRamp > 0 {
 		w = cfg.warmRamp
 	}
-	return &dialWindow{first: max(1, min(w, p)), p: p, start: start}
+	w = max(1, min(w, p))
+	return &dialWindow{first: w, p: p, size: w}
 }
 
-// ended notes that a dial ended at now.
-func (w *dialWindow) ended(now time.Time) {
-	if w.rtt == 0 {
-		w.rtt = max(now.Sub(w.start), time.Microsecond)
+// ended notes a dial that took took and ended at now.
+func (w *dialWindow) ended(took time.Duration, now time.Time) {
+	if w.fastest == 0 || took < w.fastest {
+		w.fastest = max(took, time.Microsecond)
+	}
+	if took <= 2*w.fastest {
+		w.size = min(w.p, w.size+1)
+		return
+	}
+	if now.Sub(w.halved) >= took {
+		w.size = max(w.first, w.size/2)
+		w.halved = now
 	}
 }
 
-// doublings caps the exponent: the window is p long before.
-const doublings = 16
-
-func (w *dialWindow) size(now time.Time) int {
-	if w.rtt == 0 {
-		return w.first
-	}
-	k := min(int(now.Sub(w.start)/w.rtt), doublings)
-	return min(w.p, w.first<<k)
-}
-
-// next is when the window next widens; false if it cannot widen yet (no
-// dial has ended) or any more (it is p).
-func (w *dialWindow) next() (time.Time, bool) {
-	if w.rtt == 0 {
-		return time.Time{}, false
-	}
-	k := min(int(time.Since(w.start)/w.rtt), doublings)
-	if w.first<<k >= w.p || k == doublings {
-		return time.Time{}, false
-	}
-	return w.start.Add(time.Duration(k+1) * w.rtt), true
+// dialEnd is how one of warm's dials ended, and how long it took.
+type dialEnd struct {
+	r    dialResult
+	took time.Duration
 }
 
 // dialResult is how one of warm's dials ended.
