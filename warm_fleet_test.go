@@ -64,9 +64,9 @@ func (w *windowConnector) Connect(ctx context.Context) (driver.Conn, error) {
 
 func (w *windowConnector) Driver() driver.Driver { return fakeDriver{} }
 
-// WarmDB dials in a window of 8 that doubles every connect time (issue 19,
-// 1): before, it started pool_warm_parallelism dials at once — all 60 of a
-// 60-connection pool at the default 64.
+// WarmDB dials in a window that starts at 8 and grows as connects end in
+// good time (issue 19, 1): before, it started pool_warm_parallelism dials at
+// once — all 60 of a 60-connection pool at the default 64.
 func TestWarmDBGrowsDialWindow(t *testing.T) {
 	withEnv(t)
 	w := &windowConnector{delay: 100 * time.Millisecond, slots: 1000, first: warmFirstWindow}
@@ -84,7 +84,7 @@ func TestWarmDBGrowsDialWindow(t *testing.T) {
 		t.Errorf("%d connects started with more than %d in flight before any had ended (peak %d in flight)",
 			n, warmFirstWindow, w.peak.Load())
 	}
-	// The window still grows to pool_warm_parallelism: 8, then 16, 32...
+	// The window still grows: 8, then 16, 32... (all connects equally fast).
 	if p := w.peak.Load(); p <= warmFirstWindow {
 		t.Errorf("peak %d dials in flight: the window never grew past %d", p, warmFirstWindow)
 	}
@@ -102,6 +102,50 @@ func TestWarmDBGrowsDialWindow(t *testing.T) {
 	defer db2.Close()
 	if rep, err := WarmDB(context.Background(), db2); err != nil || rep.Warmed != 12 || w2.peak.Load() > 3 {
 		t.Errorf("pool_warm_parallelism=3: %+v, %v, peak %d in flight", rep, err, w2.peak.Load())
+	}
+}
+
+// The window: one more per dial that took at most twice the fastest, halved
+// (down to the first window, at most once per slow connect's time) by a
+// slower one.
+func TestDialWindow(t *testing.T) {
+	w := newDialWindow(&config{}, 60)
+	if w.size != warmFirstWindow {
+		t.Fatalf("first window %d, want %d", w.size, warmFirstWindow)
+	}
+	now := time.Unix(1000, 0)
+	ms := time.Millisecond
+	for range 8 {
+		w.ended(10*ms, now) // the first wave: each lets two more start
+	}
+	if w.size != 16 {
+		t.Fatalf("after 8 fast connects: %d, want 16", w.size)
+	}
+	w.ended(20*ms, now) // twice the fastest: still good time
+	if w.size != 17 {
+		t.Fatalf("after a connect at 2x: %d, want 17", w.size)
+	}
+	w.ended(25*ms, now) // slow: halve
+	w.ended(25*ms, now.Add(ms))
+	if w.size != 8 {
+		t.Fatalf("after slow connects: %d, want 17/2 = 8, halved once within 25ms", w.size)
+	}
+	w.ended(30*ms, now.Add(30*ms))
+	if w.size != 8 {
+		t.Fatalf("halved below the first window: %d", w.size)
+	}
+	for range 100 {
+		w.ended(10*ms, now)
+	}
+	if w.size != 60 {
+		t.Fatalf("window %d, want at most p=60", w.size)
+	}
+	// pool_warm_parallelism below 8, and the old way.
+	if w := newDialWindow(&config{}, 3); w.size != 3 {
+		t.Errorf("p=3: first window %d", w.size)
+	}
+	if w := newDialWindow(&config{warmRamp: MaxWarmParallelism}, 60); w.size != 60 {
+		t.Errorf("all at once: first window %d, want 60", w.size)
 	}
 }
 
