@@ -63,6 +63,13 @@ func (r WarmReport) String() string {
 // pool count), dialling at most pool_warm_parallelism at a time, within ctx
 // and pool_warm_timeout, then returns them all to the pool. A count above the
 // DB's MaxOpenConns is refused, since it could never be held at once.
+// It starts with 8 dials, lets one more start for each that ends in good
+// time (at most twice the fastest), and halves the window when connects slow
+// down (a server busy with connects), so that pools of a fleet starting
+// together share the server's slots rather than the first to dial taking
+// them all. At the server's first "too many clients" answer (SQLSTATE 53300)
+// it dials no more: the dials in flight finish, WarmReport.ServerFull is set
+// and the connections not dialled fail with ErrWarmServerFull.
 //
 // Warming never makes the application wait for a connection. On a pool with
 // a MaxOpenConns limit, WarmDB asks for a connection only while one is free,
