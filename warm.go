@@ -195,6 +195,10 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	)
 	st := db.Stats()
 	limit, waits := st.MaxOpenConnections, st.WaitCount
+	// database/sql hands out idle connections first: about the first
+	// st.Idle requests take one, in microseconds, and say nothing of the
+	// server's connect time.
+	idle := st.Idle
 	ask := n
 	if limit > 0 {
 		// Never more than are free now, so that warm's own requests
@@ -259,7 +263,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	note := func(e dialEnd) {
 		inFlight--
 		if e.r != dialSkipped {
-			win.ended(e.took, time.Now())
+			win.ended(e.took, e.reused, time.Now())
 		}
 		if e.r == dialFull && !cfg.warmIgnoreFull {
 			full = true
@@ -295,6 +299,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		}
 		inFlight++
 		wg.Add(1)
+		reused := i < idle
 		go func() {
 			defer wg.Done()
 			if yctx.Err() != nil {
@@ -320,9 +325,9 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			if err != nil {
 				fail(err)
 				if serverFull(err) {
-					results <- dialEnd{dialFull, took}
+					results <- dialEnd{dialFull, took, reused}
 				} else {
-					results <- dialEnd{dialFailed, took}
+					results <- dialEnd{dialFailed, took, reused}
 				}
 				return
 			}
@@ -333,7 +338,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				recordFailure(fails, &order, ErrWarmYielded)
 				mu.Unlock()
 				conn.Close()
-				results <- dialEnd{dialOK, took}
+				results <- dialEnd{dialOK, took, reused}
 				return
 			}
 			warmed++
@@ -343,7 +348,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			if progressStep(now, n) && now < n {
 				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", now, "requested", n, "elapsed", time.Since(start))
 			}
-			results <- dialEnd{dialOK, took}
+			results <- dialEnd{dialOK, took, reused}
 		}()
 	}
 	wg.Wait()
@@ -401,8 +406,14 @@ func newDialWindow(cfg *config, p int) *dialWindow {
 	return &dialWindow{first: w, p: p, size: w}
 }
 
-// ended notes a dial that took took and ended at now.
-func (w *dialWindow) ended(took time.Duration, now time.Time) {
+// ended notes a dial that took took and ended at now; reused: it probably
+// got an idle connection of the pool, not a new one.
+func (w *dialWindow) ended(took time.Duration, reused bool, now time.Time) {
+	if reused {
+		// An idle connection of the pool: one more may start.
+		w.size = min(w.p, w.size+1)
+		return
+	}
 	if w.fastest == 0 || took < w.fastest {
 		w.fastest = max(took, time.Microsecond)
 	}
@@ -418,8 +429,9 @@ func (w *dialWindow) ended(took time.Duration, now time.Time) {
 
 // dialEnd is how one of warm's dials ended, and how long it took.
 type dialEnd struct {
-	r    dialResult
-	took time.Duration
+	r      dialResult
+	took   time.Duration
+	reused bool // one of the first requests, while the pool had idle ones
 }
 
 // dialResult is how one of warm's dials ended.

@@ -116,29 +116,38 @@ func TestDialWindow(t *testing.T) {
 	now := time.Unix(1000, 0)
 	ms := time.Millisecond
 	for range 8 {
-		w.ended(10*ms, now) // the first wave: each lets two more start
+		w.ended(10*ms, false, now) // the first wave: each lets two more start
 	}
 	if w.size != 16 {
 		t.Fatalf("after 8 fast connects: %d, want 16", w.size)
 	}
-	w.ended(20*ms, now) // twice the fastest: still good time
+	w.ended(20*ms, false, now) // twice the fastest: still good time
 	if w.size != 17 {
 		t.Fatalf("after a connect at 2x: %d, want 17", w.size)
 	}
-	w.ended(25*ms, now) // slow: halve
-	w.ended(25*ms, now.Add(ms))
+	w.ended(25*ms, false, now) // slow: halve
+	w.ended(25*ms, false, now.Add(ms))
 	if w.size != 8 {
 		t.Fatalf("after slow connects: %d, want 17/2 = 8, halved once within 25ms", w.size)
 	}
-	w.ended(30*ms, now.Add(30*ms))
+	w.ended(30*ms, false, now.Add(30*ms))
 	if w.size != 8 {
 		t.Fatalf("halved below the first window: %d", w.size)
 	}
 	for range 100 {
-		w.ended(10*ms, now)
+		w.ended(10*ms, false, now)
 	}
 	if w.size != 60 {
 		t.Fatalf("window %d, want at most p=60", w.size)
+	}
+	// An idle connection handed out in a microsecond widens the window
+	// and is not the fastest connect.
+	w = newDialWindow(&config{}, 60)
+	w.ended(time.Microsecond, true, now)
+	w.ended(10*ms, false, now)
+	w.ended(20*ms, false, now)
+	if w.size != 11 || w.fastest != 10*ms {
+		t.Errorf("after a reuse and two connects: window %d, fastest %s; want 11, 10ms", w.size, w.fastest)
 	}
 	// pool_warm_parallelism below 8, and the old way.
 	if w := newDialWindow(&config{}, 3); w.size != 3 {
