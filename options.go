@@ -103,6 +103,12 @@ type config struct {
 	exhaustedInterval time.Duration
 	set               uint32 // which params were set explicitly (DSN, env or option)
 	errs              []error
+
+	// warmRamp is the first window of WarmDB's dials (0: warmFirstWindow);
+	// warmIgnoreFull keeps dialling after SQLSTATE 53300. Both are set only
+	// by tests and the fleet measurement, to compare with the old behaviour.
+	warmRamp       int
+	warmIgnoreFull bool
 }
 
 func newConfig() config {

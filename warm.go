@@ -7,9 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // WarmReport is what one WarmDB call did.
@@ -30,11 +29,20 @@ type WarmReport struct {
 	Parallelism int
 	// Elapsed is the time from the call to the last connection held or failed.
 	Elapsed time.Duration
+	// ServerFull: the server refused a connection with SQLSTATE 53300 (no
+	// connection slot left for the role), so WarmDB dialled no more; the
+	// connections it did not dial are in Failed, as ErrWarmServerFull.
+	ServerFull bool
 }
 
-// String returns "warmed 48/50 in 23ms".
+// String returns "warmed 48/50 in 23ms", and when the server was full
+// "warmed 41/60 in 95ms; server full (SQLSTATE 53300): stopped dialling".
 func (r WarmReport) String() string {
-	return fmt.Sprintf("warmed %d/%d in %s", r.Warmed, r.Requested, r.Elapsed.Round(time.Microsecond))
+	s := fmt.Sprintf("warmed %d/%d in %s", r.Warmed, r.Requested, r.Elapsed.Round(time.Microsecond))
+	if r.ServerFull {
+		s += "; server full (SQLSTATE 53300): stopped dialling"
+	}
+	return s
 }
 
 // WarmDB opens a pool's connections concurrently and leaves them idle in db,
@@ -55,6 +63,13 @@ func (r WarmReport) String() string {
 // pool count), dialling at most pool_warm_parallelism at a time, within ctx
 // and pool_warm_timeout, then returns them all to the pool. A count above the
 // DB's MaxOpenConns is refused, since it could never be held at once.
+// It starts with 8 dials, lets one more start for each that ends in good
+// time (at most twice the fastest), and halves the window when connects slow
+// down (a server busy with connects), so that pools of a fleet starting
+// together share the server's slots rather than the first to dial taking
+// them all. At the server's first "too many clients" answer (SQLSTATE 53300)
+// it dials no more: the dials in flight finish, WarmReport.ServerFull is set
+// and the connections not dialled fail with ErrWarmServerFull.
 //
 // Warming never makes the application wait for a connection. On a pool with
 // a MaxOpenConns limit, WarmDB asks for a connection only while one is free,
@@ -140,6 +155,12 @@ func warmDB(ctx context.Context, db *sql.DB, c *Connector, opts []Option) (WarmR
 // none free or the application was waiting for one (see WarmDB).
 var ErrWarmYielded = errors.New("warmpg: not warmed: the pool's connections were in use or awaited by the application")
 
+// ErrWarmServerFull is the failure WarmDB reports, in its error and in
+// WarmReport.Failed, for connections it did not dial because the server had
+// already refused one with SQLSTATE 53300 (too many connections): what
+// frees up is left to other clients, which need it more than a warm pool.
+var ErrWarmServerFull = errors.New("warmpg: not dialled: the server refused a connection with SQLSTATE 53300 (no connection slot left), so WarmDB stopped dialling")
+
 // yieldPoll is how often warm looks for application requests waiting for
 // a connection while it holds some.
 const yieldPoll = 2 * time.Millisecond
@@ -153,7 +174,7 @@ const yieldPoll = 2 * time.Millisecond
 // and every one its dials still in flight bring, starts no more, and
 // reports the rest as not warmed (ErrWarmYielded).
 func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg *config) (WarmReport, error) {
-	rep := WarmReport{Requested: n, Parallelism: p}
+	rep := WarmReport{Requested: n}
 	start := time.Now()
 	if n == 0 {
 		return rep, nil
@@ -174,6 +195,10 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	)
 	st := db.Stats()
 	limit, waits := st.MaxOpenConnections, st.WaitCount
+	// database/sql hands out idle connections first: about the first
+	// st.Idle requests take one, in microseconds, and say nothing of the
+	// server's connect time.
+	idle := st.Idle
 	ask := n
 	if limit > 0 {
 		// Never more than are free now, so that warm's own requests
@@ -220,36 +245,91 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		recordFailure(fails, &order, err)
 		mu.Unlock()
 	}
-	var g errgroup.Group
-	g.SetLimit(p)
+	// Dials start in a small window that grows while connects stay fast
+	// and shrinks when they slow down (see dialWindow). Alone on a server a
+	// pool fills about as fast as with p at once: a few dials in flight
+	// already keep a server busy. A fleet of instances starting together
+	// against a scarce server share its slots, instead of the first to
+	// dial taking them all.
+	win := newDialWindow(cfg, p)
+	results := make(chan dialEnd, n)
+	var (
+		wg       sync.WaitGroup
+		inFlight int // goroutines started and not reported
+		dialing  atomic.Int32
+		peak     atomic.Int32
+		full     bool
+	)
+	note := func(e dialEnd) {
+		inFlight--
+		if e.r != dialSkipped {
+			win.ended(e.took, e.reused, time.Now())
+		}
+		if e.r == dialFull && !cfg.warmIgnoreFull {
+			full = true
+		}
+	}
 	for i := 0; i < n; i++ {
 		if i >= ask {
 			fail(ErrWarmYielded)
 			continue
+		}
+		// Take every result in, then wait while the window is full.
+		for more := true; more; {
+			select {
+			case e := <-results:
+				note(e)
+			default:
+				more = false
+			}
+		}
+		for inFlight >= win.size {
+			note(<-results)
 		}
 		if yctx.Err() != nil {
 			// Do not start dials that cannot succeed; count them as failed.
 			fail(context.Cause(yctx))
 			continue
 		}
-		g.Go(func() error {
+		if full {
+			// The server has no slot left for this role: leave what
+			// frees up to other clients rather than race them for it.
+			fail(ErrWarmServerFull)
+			continue
+		}
+		inFlight++
+		wg.Add(1)
+		reused := i < idle
+		go func() {
+			defer wg.Done()
 			if yctx.Err() != nil {
 				fail(context.Cause(yctx))
-				return nil
+				results <- dialEnd{r: dialSkipped}
+				return
 			}
 			if limit > 0 && db.Stats().InUse >= limit {
 				// The request would wait for a connection someone else
 				// holds: leave the rest to the application.
 				yield(ErrWarmYielded)
 				fail(ErrWarmYielded)
-				return nil
+				results <- dialEnd{r: dialSkipped}
+				return
 			}
+			raise(&peak, dialing.Add(1))
+			began := time.Now()
 			// ctx, not yctx: a dial in flight when warm yields completes,
 			// and its connection goes to a waiter (below).
 			conn, err := db.Conn(ctx)
+			took := time.Since(began)
+			dialing.Add(-1)
 			if err != nil {
 				fail(err)
-				return nil
+				if serverFull(err) {
+					results <- dialEnd{dialFull, took, reused}
+				} else {
+					results <- dialEnd{dialFailed, took, reused}
+				}
+				return
 			}
 			mu.Lock()
 			if yielded {
@@ -258,7 +338,8 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				recordFailure(fails, &order, ErrWarmYielded)
 				mu.Unlock()
 				conn.Close()
-				return nil
+				results <- dialEnd{dialOK, took, reused}
+				return
 			}
 			warmed++
 			now := warmed
@@ -267,10 +348,15 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			if progressStep(now, n) && now < n {
 				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", now, "requested", n, "elapsed", time.Since(start))
 			}
-			return nil
-		})
+			results <- dialEnd{dialOK, took, reused}
+		}()
 	}
-	g.Wait()
+	wg.Wait()
+	for inFlight > 0 {
+		note(<-results)
+	}
+	rep.ServerFull = full
+	rep.Parallelism = int(peak.Load())
 	stopWatch()
 	rep.Elapsed = time.Since(start)
 	rep.Warmed = warmed
@@ -290,6 +376,88 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		errs = append(errs, fails[msg])
 	}
 	return rep, fmt.Errorf("warmpg: warmed %d of %d connections, %d failed: %w", rep.Warmed, rep.Requested, rep.Failed, errors.Join(errs...))
+}
+
+// warmFirstWindow is how many connections WarmDB dials at first (or
+// pool_warm_parallelism if lower); see dialWindow.
+const warmFirstWindow = 8
+
+// dialWindow is how many dials warm may have in flight: it starts at first
+// and, like TCP's slow start, each dial that ends in good time lets one more
+// start (the window doubles every connect time), up to p. A dial that took
+// more than twice the fastest one is a server busy with connects (a fork
+// and an authentication each): more in flight would only queue there, and
+// take the server's slots from other clients starting at the same time,
+// so the window halves, at most once per such connect time, down to first.
+// Instances of a fleet that start together all see the busy server, fall
+// back to first, and claim its slots at about the same pace.
+type dialWindow struct {
+	first, p, size int
+	fastest        time.Duration // the fastest dial so far; 0: none yet
+	halved         time.Time     // when the window last halved
+}
+
+func newDialWindow(cfg *config, p int) *dialWindow {
+	w := warmFirstWindow
+	if cfg.warmRamp > 0 {
+		w = cfg.warmRamp
+	}
+	w = max(1, min(w, p))
+	return &dialWindow{first: w, p: p, size: w}
+}
+
+// ended notes a dial that took took and ended at now; reused: it probably
+// got an idle connection of the pool, not a new one.
+func (w *dialWindow) ended(took time.Duration, reused bool, now time.Time) {
+	if reused {
+		// An idle connection of the pool: one more may start.
+		w.size = min(w.p, w.size+1)
+		return
+	}
+	if w.fastest == 0 || took < w.fastest {
+		w.fastest = max(took, time.Microsecond)
+	}
+	if took <= 2*w.fastest {
+		w.size = min(w.p, w.size+1)
+		return
+	}
+	if now.Sub(w.halved) >= took {
+		w.size = max(w.first, w.size/2)
+		w.halved = now
+	}
+}
+
+// dialEnd is how one of warm's dials ended, and how long it took.
+type dialEnd struct {
+	r      dialResult
+	took   time.Duration
+	reused bool // one of the first requests, while the pool had idle ones
+}
+
+// dialResult is how one of warm's dials ended.
+type dialResult uint8
+
+const (
+	dialOK dialResult = iota
+	dialFailed
+	dialFull    // the server answered SQLSTATE 53300
+	dialSkipped // not made: warm yielded or timed out
+)
+
+// serverFull reports whether a connect failed because the server has no
+// connection slot left for the role: SQLSTATE 53300 (too_many_connections:
+// "sorry, too many clients already", "remaining connection slots are
+// reserved ...", "too many connections for role ...").
+func serverFull(err error) bool {
+	// pgx's *pgconn.PgError and lib/pq's *pq.Error both say SQLState.
+	var coded interface{ SQLState() string }
+	return errors.As(err, &coded) && coded.SQLState() == "53300"
+}
+
+// raise sets m to v if v is larger.
+func raise(m *atomic.Int32, v int32) {
+	for old := m.Load(); v > old && !m.CompareAndSwap(old, v); old = m.Load() {
+	}
 }
 
 // warmFailure is one distinct error and how many connections failed with it.
@@ -320,6 +488,9 @@ func recordFailure(fails map[string]*warmFailure, order *[]string, err error) {
 func logWarm(cfg *config, rep WarmReport, err error) {
 	msg := "warmpg: " + rep.String()
 	attrs := []any{"requested", rep.Requested, "warmed", rep.Warmed, "elapsed", rep.Elapsed, "parallelism", rep.Parallelism}
+	if rep.ServerFull {
+		attrs = append(attrs, "server_full", true)
+	}
 	if err != nil {
 		cfg.logEvent(slog.LevelWarn, msg, append(attrs, "failed", rep.Failed, "error", err)...)
 		return
