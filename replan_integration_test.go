@@ -242,3 +242,228 @@ func TestReplanAfterAddColumn(t *testing.T) {
 	}
 	t.Logf("after ALTER TABLE … ADD COLUMN, %d connections × %d executions:\n%s", replanConns, replanRuns, strings.Join(table, "\n"))
 }
+
+// openReplan opens a warmpg pool of one connection on backend b.
+func openReplan(t *testing.T, srv *pgtest.Server, b warmpg.Backend, params ...string) *sql.DB {
+	t.Helper()
+	db, err := warmpg.Open(srv.URL(append([]string{"pool_backend=" + string(b), "pool_max_conns=1", "application_name=" + appName(t)}, params...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func replans(t *testing.T, db *sql.DB) int64 {
+	t.Helper()
+	st, ok := warmpg.Stats(db)
+	if !ok {
+		t.Fatal("not a warmpg DB")
+	}
+	return st.Replans
+}
+
+// TestReplanInTransaction: inside a transaction the replan error aborted
+// the transaction, so warmpg returns it and resends nothing; after the
+// rollback the statement runs again with the new columns, outside the
+// transaction, on the same connection.
+func TestReplanInTransaction(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, tc := range []struct {
+		b    warmpg.Backend
+		stmt bool
+	}{{warmpg.BackendPgx, false}, {warmpg.BackendPgx, true}, {warmpg.BackendPQ, true}} {
+		t.Run(fmt.Sprintf("%s/stmt=%v", tc.b, tc.stmt), func(t *testing.T) {
+			db := openReplan(t, srv, tc.b)
+			table := replanTable(t, ctx, srv)
+			q := "select * from " + table + " where id = $1"
+			var st *sql.Stmt
+			run := func(tx *sql.Tx) (int, error) {
+				switch {
+				case tc.stmt && tx != nil:
+					return replanColumns(tx.StmtContext(ctx, st).QueryContext(ctx, 1))
+				case tc.stmt:
+					return replanColumns(st.QueryContext(ctx, 1))
+				case tx != nil:
+					return replanColumns(tx.QueryContext(ctx, q, 1))
+				}
+				return replanColumns(db.QueryContext(ctx, q, 1))
+			}
+			if tc.stmt {
+				var err error
+				if st, err = db.PrepareContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+			}
+			for range 2 {
+				if n, err := run(nil); err != nil || n != 2 {
+					t.Fatalf("before the ALTER: %d columns, %v", n, err)
+				}
+			}
+			if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := run(tx); !isPlanChanged(err) {
+				t.Fatalf("in a transaction: %v, want the 0A000 from RevalidateCachedQuery", err)
+			}
+			if _, err := tx.ExecContext(ctx, "select 1"); err == nil || !strings.Contains(err.Error(), "25P02") {
+				t.Fatalf("the transaction is not aborted: %v", err)
+			}
+			if err := tx.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			if n := replans(t, db); n != 0 {
+				t.Fatalf("Replans = %d inside a transaction, want 0", n)
+			}
+			if n, err := run(nil); err != nil || n != 3 {
+				t.Fatalf("after the rollback: %d columns, %v", n, err)
+			}
+			if s := db.Stats(); s.OpenConnections != 1 {
+				t.Fatalf("%d connections open, want the one", s.OpenConnections)
+			}
+		})
+	}
+}
+
+// TestReplanResendRunsOnce: the failed statement executed nothing, so the
+// resend runs it exactly once: an INSERT … RETURNING * whose result columns
+// changed inserts one row per call.
+func TestReplanResendRunsOnce(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, tc := range []struct {
+		b     warmpg.Backend
+		stmt  bool
+		query bool
+	}{{warmpg.BackendPgx, false, false}, {warmpg.BackendPgx, false, true}, {warmpg.BackendPgx, true, false}, {warmpg.BackendPQ, true, true}} {
+		t.Run(fmt.Sprintf("%s/stmt=%v/query=%v", tc.b, tc.stmt, tc.query), func(t *testing.T) {
+			db := openReplan(t, srv, tc.b)
+			table := replanTable(t, ctx, srv)
+			q := "insert into " + table + " (id, a) values ($1, 0) returning *"
+			var st *sql.Stmt
+			if tc.stmt {
+				var err error
+				if st, err = db.PrepareContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+			}
+			insert := func(id int) error {
+				switch {
+				case tc.stmt && tc.query:
+					_, err := replanColumns(st.QueryContext(ctx, id))
+					return err
+				case tc.stmt:
+					_, err := st.ExecContext(ctx, id)
+					return err
+				case tc.query:
+					_, err := replanColumns(db.QueryContext(ctx, q, id))
+					return err
+				}
+				_, err := db.ExecContext(ctx, q, id)
+				return err
+			}
+			for id := 101; id <= 102; id++ {
+				if err := insert(id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+				t.Fatal(err)
+			}
+			// A second INSERT of id 103 would fail on the primary key.
+			if err := insert(103); err != nil {
+				t.Fatalf("after the ALTER: %v", err)
+			}
+			var n int
+			if err := db.QueryRowContext(ctx, "select count(*) from "+table+" where id > 100").Scan(&n); err != nil || n != 3 {
+				t.Fatalf("%d rows inserted (%v), want 3", n, err)
+			}
+			if n := replans(t, db); n != 1 {
+				t.Fatalf("Replans = %d, want 1", n)
+			}
+		})
+	}
+}
+
+// TestReplanAlterKinds: dropping a column and changing a column's type
+// change the result columns too.
+func TestReplanAlterKinds(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, alter := range []struct {
+		sql  string
+		cols int
+	}{{"drop column a", 1}, {"alter column a type bigint", 2}, {"alter column a type text", 2}} {
+		for _, b := range backends {
+			t.Run(string(b)+"/"+alter.sql, func(t *testing.T) {
+				db := openReplan(t, srv, b)
+				table := replanTable(t, ctx, srv)
+				q := "select * from " + table + " where id = $1"
+				st, err := db.PrepareContext(ctx, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+				for range 2 {
+					if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != 2 {
+						t.Fatalf("before: %d columns, %v", n, err)
+					}
+					if n, err := replanColumns(db.QueryContext(ctx, q+" and true", 1)); err != nil || n != 2 {
+						t.Fatalf("before: %d columns, %v", n, err)
+					}
+				}
+				if err := srv.Exec(ctx, "alter table "+table+" "+alter.sql); err != nil {
+					t.Fatal(err)
+				}
+				for range 2 {
+					if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != alter.cols {
+						t.Fatalf("stmt after: %d columns, %v", n, err)
+					}
+					if n, err := replanColumns(db.QueryContext(ctx, q+" and true", 1)); err != nil || n != alter.cols {
+						t.Fatalf("query after: %d columns, %v", n, err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestReplanQuerySameTextAsStmt: pgx runs a statement whose text is that
+// of a *sql.Stmt open on the same connection by that named statement, not
+// its cache; run directly, it is prepared again as well.
+func TestReplanQuerySameTextAsStmt(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	db := openReplan(t, srv, warmpg.BackendPgx)
+	table := replanTable(t, ctx, srv)
+	q := "select * from " + table + " where id = $1"
+	st, err := db.PrepareContext(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != 2 {
+		t.Fatalf("before: %d columns, %v", n, err)
+	}
+	if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if n, err := replanColumns(db.QueryContext(ctx, q, 1)); err != nil || n != 3 {
+			t.Fatalf("query %d after: %d columns, %v", i, n, err)
+		}
+	}
+	if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != 3 {
+		t.Fatalf("stmt after: %d columns, %v", n, err)
+	}
+	if n := replans(t, db); n != 1 {
+		t.Fatalf("Replans = %d, want 1", n)
+	}
+}
