@@ -467,3 +467,54 @@ func TestReplanQuerySameTextAsStmt(t *testing.T) {
 		t.Fatalf("Replans = %d, want 1", n)
 	}
 }
+
+// TestReplanAutocommitReadOnlyTx: with pool_autocommit, a read-only
+// transaction's plain reads run outside a transaction, so the replan error
+// there is resent as for a statement outside a transaction.
+func TestReplanAutocommitReadOnlyTx(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, tc := range []struct {
+		b    warmpg.Backend
+		stmt bool
+	}{{warmpg.BackendPgx, false}, {warmpg.BackendPgx, true}, {warmpg.BackendPQ, true}} {
+		t.Run(fmt.Sprintf("%s/stmt=%v", tc.b, tc.stmt), func(t *testing.T) {
+			db := openReplan(t, srv, tc.b, "pool_autocommit=true")
+			table := replanTable(t, ctx, srv)
+			q := "select * from " + table + " where id = $1"
+			var st *sql.Stmt
+			if tc.stmt {
+				var err error
+				if st, err = db.PrepareContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+			}
+			run := func() (int, error) {
+				tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+				if err != nil {
+					return 0, err
+				}
+				defer tx.Rollback()
+				if tc.stmt {
+					return replanColumns(tx.StmtContext(ctx, st).QueryContext(ctx, 1))
+				}
+				return replanColumns(tx.QueryContext(ctx, q, 1))
+			}
+			for range 2 {
+				if n, err := run(); err != nil || n != 2 {
+					t.Fatalf("before: %d columns, %v", n, err)
+				}
+			}
+			if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := run(); err != nil || n != 3 {
+				t.Fatalf("after: %d columns, %v", n, err)
+			}
+			if n := replans(t, db); n != 1 {
+				t.Fatalf("Replans = %d, want 1", n)
+			}
+		})
+	}
+}
