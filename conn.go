@@ -84,6 +84,10 @@ type conn struct {
 	timedOut   atomic.Bool // a watchdog fired: the protocol state is unknown
 
 	hold hold // checkout bookkeeping (leak.go)
+
+	// prepared counts, by text, the statements prepared through
+	// PrepareContext on a pgx connection and not yet closed (replan.go).
+	prepared map[string]int
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -264,6 +268,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	case driver.ExecerContext:
 		defer c.watch(ctx)()
 		res, err := e.ExecContext(ctx, query, args)
+		if err != nil && c.pgx != nil && c.canResend(ctx, err) {
+			res, err = c.resendExec(ctx, e, query, args, err)
+		}
 		c.noteDone(info, err)
 		return res, c.ctxErr(ctx, err)
 	case driver.Execer: //nolint:staticcheck // legacy drivers
@@ -292,6 +299,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	case driver.QueryerContext:
 		disarm := c.watch(ctx)
 		rows, err := q.QueryContext(ctx, query, args)
+		if err != nil && c.pgx != nil && c.canResend(ctx, err) {
+			rows, err = c.resendQuery(ctx, q, query, args, err)
+		}
 		if err != nil || !c.armed() {
 			disarm()
 			return rows, c.ctxErr(ctx, err)

@@ -30,6 +30,10 @@ type Counters struct {
 	// FromReady counts connections Connect handed out from the connector's
 	// ready store (pool_prewarm, pool_min_idle_conns) instead of dialling.
 	FromReady int64
+	// Replans counts statements sent again, once, after the server
+	// refused a cached plan whose result columns a schema change had
+	// changed (SQLSTATE 0A000, docs/replan.md).
+	Replans int64
 
 	// Who holds the pool's connections (docs/exhaustion.md), counted while
 	// checkouts are tracked: pool_exhausted_log_interval > 0 (the
@@ -48,15 +52,15 @@ type Counters struct {
 
 // String returns the counters on one line; it holds no DSN and no secret.
 func (s Counters) String() string {
-	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d in_use=%d oldest_in_use=%s held_past_threshold=%d exhaustions=%d",
-		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades,
+	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d replans=%d in_use=%d oldest_in_use=%s held_past_threshold=%d exhaustions=%d",
+		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades, s.Replans,
 		s.InUse, s.OldestInUse, s.HeldPastThreshold, s.Exhaustions)
 }
 
 type stats struct {
 	connects, connectErrors                           atomic.Int64
 	clean, pinged, rolledBack, reset, discarded, acTx atomic.Int64
-	acUp, readyHits                                   atomic.Int64
+	acUp, readyHits, replans                          atomic.Int64
 }
 
 func (s *stats) count(o outcome) {
@@ -83,6 +87,7 @@ func (c *Connector) Stats() Counters {
 		Reset: s.reset.Load(), Discarded: s.discarded.Load(), AutocommitTxs: s.acTx.Load(),
 		AutocommitUpgrades: s.acUp.Load(),
 		FromReady:          s.readyHits.Load(),
+		Replans:            s.replans.Load(),
 
 		InUse: c.holds.inUse.Load(), OldestInUse: c.holds.oldest(),
 		HeldPastThreshold: c.holds.leaks.Load(), Exhaustions: c.holds.reports.Load(),

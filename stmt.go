@@ -3,6 +3,7 @@ package warmpg
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 
 	"github.com/warmpg/warmpg/internal/sqltext"
 )
@@ -17,17 +18,24 @@ import (
 // database/sql runs a statement prepared outside a transaction inside one
 // (Tx.Stmt): executed inside a pool_autocommit transaction, a statement that
 // is not a plain read upgrades it as the same text run directly would
-// (autocommit.go). Any other statement is returned unwrapped and costs
-// nothing per execution.
+// (autocommit.go). On pgx and lib/pq every statement is wrapped as well:
+// any statement whose result columns a schema change altered fails once
+// the server revalidates it, and the wrapper prepares it again and resends
+// it (replan.go); that runs only on the error. Any other statement is
+// returned unwrapped and costs nothing per execution.
 
 // wrapStmt is the one place a statement prepared by the inner driver, with
 // text query, is wrapped.
 func (c *conn) wrapStmt(st driver.Stmt, query string) driver.Stmt {
 	info := scanStatement(query)
-	if !info.Has(notedEffects) && c.nc == nil && !c.c.cfg.autocommit {
+	replans := c.pgx != nil || isPQ(c.inner)
+	if !info.Has(notedEffects) && c.nc == nil && !c.c.cfg.autocommit && !replans {
 		return st
 	}
-	s := &stmt{Stmt: st, c: c, info: info}
+	s := &stmt{Stmt: st, c: c, info: info, replans: replans, sql: query}
+	if c.pgx != nil {
+		c.trackPrepared(query, 1)
+	}
 	if c.c.cfg.autocommit {
 		s.query = query
 	}
@@ -63,6 +71,22 @@ type stmt struct {
 	// serialised by database/sql's lock on the connection).
 	query         string
 	scanned, read bool
+	// replans says whether an execution that fails because a schema change
+	// altered the result columns is prepared again and resent (replan.go);
+	// sql is the statement's text.
+	replans bool
+	sql     string
+	closed  bool
+}
+
+// Close closes the inner statement (and, on pgx, stops counting it as
+// prepared on its connection).
+func (s *stmt) Close() error {
+	if s.c.pgx != nil && !s.closed {
+		s.closed = true
+		s.c.trackPrepared(s.sql, -1)
+	}
+	return s.Stmt.Close()
 }
 
 // before upgrades a pool_autocommit transaction open on the connection to
@@ -89,14 +113,13 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	var res driver.Result
 	var err error
 	disarm := s.c.watch(ctx)
-	if e, ok := s.Stmt.(driver.StmtExecContext); ok {
-		res, err = e.ExecContext(ctx, args)
-	} else {
-		var values []driver.Value
-		if values, err = namedValuesToValues(args); err == nil {
-			if err = ctx.Err(); err == nil {
-				res, err = s.Stmt.Exec(values) //nolint:staticcheck // fallback for statements without ExecContext
-			}
+	res, err = s.runExec(ctx, args)
+	if err != nil && s.replans && s.c.canResend(ctx, err) {
+		if rerr := s.replan(ctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		} else {
+			s.c.replanned(true)
+			res, err = s.runExec(ctx, args)
 		}
 	}
 	err = s.c.ctxErr(ctx, err)
@@ -113,14 +136,13 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	var rows driver.Rows
 	var err error
 	disarm := s.c.watch(ctx)
-	if q, ok := s.Stmt.(driver.StmtQueryContext); ok {
-		rows, err = q.QueryContext(ctx, args)
-	} else {
-		var values []driver.Value
-		if values, err = namedValuesToValues(args); err == nil {
-			if err = ctx.Err(); err == nil {
-				rows, err = s.Stmt.Query(values) //nolint:staticcheck // fallback for statements without QueryContext
-			}
+	rows, err = s.runQuery(ctx, args)
+	if err != nil && s.replans && s.c.canResend(ctx, err) {
+		if rerr := s.replan(ctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		} else {
+			s.c.replanned(true)
+			rows, err = s.runQuery(ctx, args)
 		}
 	}
 	if err != nil || !s.c.armed() {
@@ -128,6 +150,36 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 		return rows, s.c.ctxErr(ctx, err)
 	}
 	return &watchedRows{Rows: rows, c: s.c, ctx: ctx, disarm: disarm}, nil
+}
+
+// runExec runs the inner statement once.
+func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	if e, ok := s.Stmt.(driver.StmtExecContext); ok {
+		return e.ExecContext(ctx, args)
+	}
+	values, err := namedValuesToValues(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.Stmt.Exec(values) //nolint:staticcheck // fallback for statements without ExecContext
+}
+
+// runQuery runs the inner statement once.
+func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	if q, ok := s.Stmt.(driver.StmtQueryContext); ok {
+		return q.QueryContext(ctx, args)
+	}
+	values, err := namedValuesToValues(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return s.Stmt.Query(values) //nolint:staticcheck // fallback for statements without QueryContext
 }
 
 func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {

@@ -1,0 +1,147 @@
+package warmpg
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/lib/pq"
+)
+
+// Transparent replan after a schema change (docs/replan.md).
+//
+// A statement the server keeps prepared (pgx's statement cache, a
+// *sql.Stmt) whose result columns a migration changed — ALTER TABLE …
+// ADD/DROP COLUMN, a column's type — fails its next execution with
+// SQLSTATE 0A000 "cached plan must not change result type", raised by the
+// server's RevalidateCachedQuery while it binds the statement, before it
+// executes anything. Outside a transaction nothing ran, so warmpg prepares
+// the statement again where the inner driver would not do it by itself and
+// sends it once more, on the same connection; the caller sees the new
+// result. Inside a transaction the error aborted the transaction: it is
+// returned.
+//
+// The retry runs only on that error: the happy path costs one comparison.
+
+// Server error fields that name the error (never its message, which the
+// server localizes).
+const (
+	replanCode    = "0A000"
+	replanRoutine = "RevalidateCachedQuery"
+)
+
+// isReplanErr reports whether err is the server's "cached plan must not
+// change result type", as pgx or lib/pq reports it.
+func isReplanErr(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == replanCode && pgErr.Routine == replanRoutine
+	}
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return string(pqErr.Code) == replanCode && pqErr.Routine == replanRoutine
+	}
+	return false
+}
+
+// canResend reports whether a statement that failed with err on c, with
+// ctx, may be sent again: err is the replan error, ctx has not ended and
+// the connection is not in a transaction — pgx says so (its status after
+// the error: 'I'); for any other driver, warmpg saw no transaction begin
+// that has not ended (maybeTx, conservative).
+func (c *conn) canResend(ctx context.Context, err error) bool {
+	if !isReplanErr(err) || ctx.Err() != nil || c.timedOut.Load() {
+		return false
+	}
+	if c.pgx != nil {
+		return c.pgx.Conn().PgConn().TxStatus() == 'I'
+	}
+	return !c.maybeTx
+}
+
+// replanned counts and logs one statement sent again.
+func (c *conn) replanned(prepared bool) {
+	c.c.stats.replans.Add(1)
+	c.c.cfg.logEvent(slog.LevelDebug, "warmpg: result type of a cached statement changed; prepared again and resent", "prepared_stmt", prepared)
+}
+
+// repreparePgx replaces, on a pgx connection, the statement prepared under
+// the name query (what stdlib's PrepareContext does: name == SQL) with a
+// new one, when warmpg saw one prepared and not yet closed on c. pgx runs
+// such a statement, by *sql.Stmt or by the same text run directly, instead
+// of its statement cache, and would run the stale one again; the cache's
+// own entry pgx dropped itself on the error. stdlib's Stmt executes by its
+// text, so it runs the new statement and decodes the new columns.
+func (c *conn) repreparePgx(ctx context.Context, query string) error {
+	if c.prepared[query] == 0 {
+		return nil
+	}
+	pc := c.pgx.Conn()
+	if err := pc.Deallocate(ctx, query); err != nil {
+		return err
+	}
+	_, err := pc.Prepare(ctx, query, query)
+	return err
+}
+
+// trackPrepared records that a pgx statement with text query was prepared
+// (n = 1) or closed (n = -1) on c.
+func (c *conn) trackPrepared(query string, n int) {
+	if c.prepared == nil {
+		c.prepared = make(map[string]int)
+	}
+	if c.prepared[query] += n; c.prepared[query] <= 0 {
+		delete(c.prepared, query)
+	}
+}
+
+// replan makes the statement s runnable again after the replan error: on
+// pgx, the named statement is prepared again (repreparePgx); on any other
+// driver (lib/pq) a new inner statement is prepared and replaces the old
+// one, which is closed: the old one's result columns are fixed.
+func (s *stmt) replan(ctx context.Context) error {
+	c := s.c
+	if c.pgx != nil {
+		return c.repreparePgx(ctx, s.sql)
+	}
+	var st driver.Stmt
+	var err error
+	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
+		st, err = p.PrepareContext(ctx, s.sql)
+	} else {
+		st, err = c.inner.Prepare(s.sql)
+	}
+	if err != nil {
+		return err
+	}
+	old := s.Stmt
+	s.Stmt = st
+	_ = old.Close()
+	return nil
+}
+
+// resendExec sends again, on a pgx connection, a statement run directly
+// that failed with the replan error first (canResend said it may).
+func (c *conn) resendExec(ctx context.Context, e driver.ExecerContext, query string, args []driver.NamedValue, first error) (driver.Result, error) {
+	if err := c.repreparePgx(ctx, query); err != nil {
+		return nil, errors.Join(first, err)
+	}
+	c.replanned(false)
+	return e.ExecContext(ctx, query, args)
+}
+
+// resendQuery is resendExec for a query: pgx's stdlib reads the first row
+// before QueryContext returns, so the error comes before any row reached
+// the caller.
+func (c *conn) resendQuery(ctx context.Context, q driver.QueryerContext, query string, args []driver.NamedValue, first error) (driver.Rows, error) {
+	if err := c.repreparePgx(ctx, query); err != nil {
+		return nil, errors.Join(first, err)
+	}
+	c.replanned(false)
+	return q.QueryContext(ctx, query, args)
+}

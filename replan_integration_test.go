@@ -1,0 +1,520 @@
+package warmpg_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver, for the baseline
+	"github.com/lib/pq"
+
+	"github.com/warmpg/warmpg"
+	"github.com/warmpg/warmpg/internal/pgtest"
+)
+
+// Issue 15, part 1: a statement cached on a pooled connection whose result
+// columns a migration changed (ALTER TABLE … ADD COLUMN from another
+// session) fails once per connection per statement with SQLSTATE 0A000
+// "cached plan must not change result type" through pgx — and a prepared
+// *sql.Stmt fails every time, through pgx and lib/pq alike. warmpg prepares
+// such a statement again and resends it, once, outside a transaction
+// (replan.go). Go test -run TestReplan -v prints the table docs/replan.md
+// shows.
+
+const (
+	replanConns = 8 // N: connections in the pool, each with the statement cached
+	replanRuns  = 5 // K: executions per connection after the ALTER
+)
+
+// replanTable creates a table of 64 rows (id, a) and returns its name.
+func replanTable(t *testing.T, ctx context.Context, srv *pgtest.Server) string {
+	t.Helper()
+	name := fmt.Sprintf("replan_%d", appSeq.Add(1))
+	if err := srv.Exec(ctx, "create table "+name+" (id int primary key, a int); insert into "+name+" select i, i from generate_series(1, 64) i"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Exec(ctx, "drop table if exists "+name)
+	})
+	return name
+}
+
+// replanOp runs a statement on a connection: directly (Query, Exec) or
+// through a *sql.Stmt prepared on it before the ALTER. It returns the
+// number of result columns it saw (-1 for Exec).
+type replanOp struct {
+	name string
+	stmt bool // prepared on each connection before the ALTER
+	run  func(ctx context.Context, c *sql.Conn, st *sql.Stmt, q string, id int) (int, error)
+}
+
+func replanColumns(rows *sql.Rows, err error) (int, error) {
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		for i := range vals {
+			vals[i] = new(any)
+		}
+		if err := rows.Scan(vals...); err != nil {
+			return 0, err
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if n != 1 {
+		return 0, fmt.Errorf("%d rows, want 1", n)
+	}
+	return len(cols), nil
+}
+
+var replanOps = []replanOp{
+	{"Query", false, func(ctx context.Context, c *sql.Conn, _ *sql.Stmt, q string, id int) (int, error) {
+		return replanColumns(c.QueryContext(ctx, q, id))
+	}},
+	{"Exec", false, func(ctx context.Context, c *sql.Conn, _ *sql.Stmt, q string, id int) (int, error) {
+		_, err := c.ExecContext(ctx, q, id)
+		return -1, err
+	}},
+	{"StmtQuery", true, func(ctx context.Context, _ *sql.Conn, st *sql.Stmt, _ string, id int) (int, error) {
+		return replanColumns(st.QueryContext(ctx, id))
+	}},
+	{"StmtExec", true, func(ctx context.Context, _ *sql.Conn, st *sql.Stmt, _ string, id int) (int, error) {
+		_, err := st.ExecContext(ctx, id)
+		return -1, err
+	}},
+}
+
+// replanResult is what N×K executions after the ALTER gave.
+type replanResult struct {
+	execs, fails int
+	first        error
+}
+
+// replanRound holds all replanConns connections of db, runs op twice on
+// each (the statement is cached or prepared there), adds a column to table
+// from another session, then runs op replanRuns times on each connection
+// and counts the failures. A success must show the new column.
+func replanRound(t *testing.T, ctx context.Context, srv *pgtest.Server, db *sql.DB, op replanOp) replanResult {
+	t.Helper()
+	table := replanTable(t, ctx, srv)
+	q := "select * from " + table + " where id = $1"
+	db.SetMaxOpenConns(replanConns)
+	db.SetMaxIdleConns(replanConns)
+	conns := make([]*sql.Conn, replanConns)
+	stmts := make([]*sql.Stmt, replanConns)
+	for i := range conns {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+		defer c.Close()
+		if op.stmt {
+			if stmts[i], err = c.PrepareContext(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+			defer stmts[i].Close()
+		}
+		for j := range 2 {
+			if n, err := op.run(ctx, c, stmts[i], q, i+j+1); err != nil || (n != -1 && n != 2) {
+				t.Fatalf("before the ALTER, conn %d: %d columns, %v", i, n, err)
+			}
+		}
+	}
+	if err := srv.Exec(ctx, "alter table "+table+" add column b text default 'new'"); err != nil {
+		t.Fatal(err)
+	}
+	var r replanResult
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() {
+			for k := range replanRuns {
+				n, err := op.run(ctx, conns[i], stmts[i], q, 1+(i*replanRuns+k)%64)
+				if err == nil && n != -1 && n != 3 {
+					err = fmt.Errorf("%d columns after the ALTER, want 3", n)
+				}
+				mu.Lock()
+				r.execs++
+				if err != nil {
+					r.fails++
+					if r.first == nil {
+						r.first = err
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return r
+}
+
+// isPlanChanged reports whether err is the server's 0A000 from
+// RevalidateCachedQuery, through pgx or lib/pq.
+func isPlanChanged(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code == "0A000" && pgErr.Routine == "RevalidateCachedQuery"
+	}
+	var pqErr *pq.Error
+	return errors.As(err, &pqErr) && pqErr.Code == "0A000" && pqErr.Routine == "RevalidateCachedQuery"
+}
+
+// TestReplanAfterAddColumn: N connections each with the statement cached,
+// ALTER TABLE … ADD COLUMN from another session, N×K executions: through
+// warmpg none fails (pgx and lib/pq, Query, Exec, *sql.Stmt), and each
+// connection resent each failed statement once (Counters.Replans). The same
+// rounds through plain pgx and plain lib/pq show what the test provokes:
+// one failure per connection for pgx's statement cache, every execution of
+// a *sql.Stmt on both.
+func TestReplanAfterAddColumn(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 2*time.Minute)
+	var table []string
+	for _, op := range replanOps {
+		for _, via := range []string{"pgx", "warmpg pgx", "postgres", "warmpg pq"} {
+			if strings.HasSuffix(via, "pq") || via == "postgres" {
+				if !op.stmt {
+					// lib/pq runs a statement with arguments as an unnamed
+					// one, parsed again each time: it cannot fail so.
+					continue
+				}
+			}
+			t.Run(op.name+"/"+via, func(t *testing.T) {
+				var db *sql.DB
+				var err error
+				switch via {
+				case "pgx", "postgres":
+					db, err = sql.Open(via, srv.URL("application_name="+appName(t)))
+				case "warmpg pgx":
+					db, err = warmpg.Open(srv.URL("pool_backend=pgx", "application_name="+appName(t)))
+				default:
+					db, err = warmpg.Open(srv.URL("pool_backend=pq", "application_name="+appName(t)))
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				r := replanRound(t, ctx, srv, db, op)
+				table = append(table, fmt.Sprintf("%-10s %-11s %3d of %3d failed", op.name, via, r.fails, r.execs))
+				if r.first != nil && !isPlanChanged(r.first) {
+					t.Fatalf("failed with another error: %v", r.first)
+				}
+				if !strings.HasPrefix(via, "warmpg") {
+					// The baseline: the failure the test is about happens.
+					want := replanConns // once per connection: pgx drops it from its cache
+					if op.stmt {
+						want = replanConns * replanRuns // a named statement fails every time
+					}
+					if r.fails != want {
+						t.Fatalf("baseline %s: %d of %d failed, want %d (first: %v)", via, r.fails, r.execs, want, r.first)
+					}
+					return
+				}
+				if r.fails != 0 {
+					t.Fatalf("%d of %d failed through warmpg: %v", r.fails, r.execs, r.first)
+				}
+				st, _ := warmpg.Stats(db)
+				if st.Replans != replanConns {
+					t.Fatalf("Replans = %d, want %d (one per connection)", st.Replans, replanConns)
+				}
+			})
+		}
+	}
+	t.Logf("after ALTER TABLE … ADD COLUMN, %d connections × %d executions:\n%s", replanConns, replanRuns, strings.Join(table, "\n"))
+}
+
+// openReplan opens a warmpg pool of one connection on backend b.
+func openReplan(t *testing.T, srv *pgtest.Server, b warmpg.Backend, params ...string) *sql.DB {
+	t.Helper()
+	db, err := warmpg.Open(srv.URL(append([]string{"pool_backend=" + string(b), "pool_max_conns=1", "application_name=" + appName(t)}, params...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func replans(t *testing.T, db *sql.DB) int64 {
+	t.Helper()
+	st, ok := warmpg.Stats(db)
+	if !ok {
+		t.Fatal("not a warmpg DB")
+	}
+	return st.Replans
+}
+
+// TestReplanInTransaction: inside a transaction the replan error aborted
+// the transaction, so warmpg returns it and resends nothing; after the
+// rollback the statement runs again with the new columns, outside the
+// transaction, on the same connection.
+func TestReplanInTransaction(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, tc := range []struct {
+		b    warmpg.Backend
+		stmt bool
+	}{{warmpg.BackendPgx, false}, {warmpg.BackendPgx, true}, {warmpg.BackendPQ, true}} {
+		t.Run(fmt.Sprintf("%s/stmt=%v", tc.b, tc.stmt), func(t *testing.T) {
+			db := openReplan(t, srv, tc.b)
+			table := replanTable(t, ctx, srv)
+			q := "select * from " + table + " where id = $1"
+			var st *sql.Stmt
+			run := func(tx *sql.Tx) (int, error) {
+				switch {
+				case tc.stmt && tx != nil:
+					return replanColumns(tx.StmtContext(ctx, st).QueryContext(ctx, 1))
+				case tc.stmt:
+					return replanColumns(st.QueryContext(ctx, 1))
+				case tx != nil:
+					return replanColumns(tx.QueryContext(ctx, q, 1))
+				}
+				return replanColumns(db.QueryContext(ctx, q, 1))
+			}
+			if tc.stmt {
+				var err error
+				if st, err = db.PrepareContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+			}
+			for range 2 {
+				if n, err := run(nil); err != nil || n != 2 {
+					t.Fatalf("before the ALTER: %d columns, %v", n, err)
+				}
+			}
+			if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := run(tx); !isPlanChanged(err) {
+				t.Fatalf("in a transaction: %v, want the 0A000 from RevalidateCachedQuery", err)
+			}
+			if _, err := tx.ExecContext(ctx, "select 1"); err == nil || !strings.Contains(err.Error(), "25P02") {
+				t.Fatalf("the transaction is not aborted: %v", err)
+			}
+			if err := tx.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			if n := replans(t, db); n != 0 {
+				t.Fatalf("Replans = %d inside a transaction, want 0", n)
+			}
+			if n, err := run(nil); err != nil || n != 3 {
+				t.Fatalf("after the rollback: %d columns, %v", n, err)
+			}
+			if s := db.Stats(); s.OpenConnections != 1 {
+				t.Fatalf("%d connections open, want the one", s.OpenConnections)
+			}
+		})
+	}
+}
+
+// TestReplanResendRunsOnce: the failed statement executed nothing, so the
+// resend runs it exactly once: an INSERT … RETURNING * whose result columns
+// changed inserts one row per call.
+func TestReplanResendRunsOnce(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, tc := range []struct {
+		b     warmpg.Backend
+		stmt  bool
+		query bool
+	}{{warmpg.BackendPgx, false, false}, {warmpg.BackendPgx, false, true}, {warmpg.BackendPgx, true, false}, {warmpg.BackendPQ, true, true}} {
+		t.Run(fmt.Sprintf("%s/stmt=%v/query=%v", tc.b, tc.stmt, tc.query), func(t *testing.T) {
+			db := openReplan(t, srv, tc.b)
+			table := replanTable(t, ctx, srv)
+			q := "insert into " + table + " (id, a) values ($1, 0) returning *"
+			var st *sql.Stmt
+			if tc.stmt {
+				var err error
+				if st, err = db.PrepareContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+			}
+			insert := func(id int) error {
+				switch {
+				case tc.stmt && tc.query:
+					_, err := replanColumns(st.QueryContext(ctx, id))
+					return err
+				case tc.stmt:
+					_, err := st.ExecContext(ctx, id)
+					return err
+				case tc.query:
+					_, err := replanColumns(db.QueryContext(ctx, q, id))
+					return err
+				}
+				_, err := db.ExecContext(ctx, q, id)
+				return err
+			}
+			for id := 101; id <= 102; id++ {
+				if err := insert(id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+				t.Fatal(err)
+			}
+			// A second INSERT of id 103 would fail on the primary key.
+			if err := insert(103); err != nil {
+				t.Fatalf("after the ALTER: %v", err)
+			}
+			var n int
+			if err := db.QueryRowContext(ctx, "select count(*) from "+table+" where id > 100").Scan(&n); err != nil || n != 3 {
+				t.Fatalf("%d rows inserted (%v), want 3", n, err)
+			}
+			if n := replans(t, db); n != 1 {
+				t.Fatalf("Replans = %d, want 1", n)
+			}
+		})
+	}
+}
+
+// TestReplanAlterKinds: dropping a column and changing a column's type
+// change the result columns too.
+func TestReplanAlterKinds(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, alter := range []struct {
+		sql  string
+		cols int
+	}{{"drop column a", 1}, {"alter column a type bigint", 2}, {"alter column a type text", 2}} {
+		for _, b := range backends {
+			t.Run(string(b)+"/"+alter.sql, func(t *testing.T) {
+				db := openReplan(t, srv, b)
+				table := replanTable(t, ctx, srv)
+				q := "select * from " + table + " where id = $1"
+				st, err := db.PrepareContext(ctx, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+				for range 2 {
+					if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != 2 {
+						t.Fatalf("before: %d columns, %v", n, err)
+					}
+					if n, err := replanColumns(db.QueryContext(ctx, q+" and true", 1)); err != nil || n != 2 {
+						t.Fatalf("before: %d columns, %v", n, err)
+					}
+				}
+				if err := srv.Exec(ctx, "alter table "+table+" "+alter.sql); err != nil {
+					t.Fatal(err)
+				}
+				for range 2 {
+					if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != alter.cols {
+						t.Fatalf("stmt after: %d columns, %v", n, err)
+					}
+					if n, err := replanColumns(db.QueryContext(ctx, q+" and true", 1)); err != nil || n != alter.cols {
+						t.Fatalf("query after: %d columns, %v", n, err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestReplanQuerySameTextAsStmt: pgx runs a statement whose text is that
+// of a *sql.Stmt open on the same connection by that named statement, not
+// its cache; run directly, it is prepared again as well.
+func TestReplanQuerySameTextAsStmt(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	db := openReplan(t, srv, warmpg.BackendPgx)
+	table := replanTable(t, ctx, srv)
+	q := "select * from " + table + " where id = $1"
+	st, err := db.PrepareContext(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != 2 {
+		t.Fatalf("before: %d columns, %v", n, err)
+	}
+	if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if n, err := replanColumns(db.QueryContext(ctx, q, 1)); err != nil || n != 3 {
+			t.Fatalf("query %d after: %d columns, %v", i, n, err)
+		}
+	}
+	if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != 3 {
+		t.Fatalf("stmt after: %d columns, %v", n, err)
+	}
+	if n := replans(t, db); n != 1 {
+		t.Fatalf("Replans = %d, want 1", n)
+	}
+}
+
+// TestReplanAutocommitReadOnlyTx: with pool_autocommit, a read-only
+// transaction's plain reads run outside a transaction, so the replan error
+// there is resent as for a statement outside a transaction.
+func TestReplanAutocommitReadOnlyTx(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, tc := range []struct {
+		b    warmpg.Backend
+		stmt bool
+	}{{warmpg.BackendPgx, false}, {warmpg.BackendPgx, true}, {warmpg.BackendPQ, true}} {
+		t.Run(fmt.Sprintf("%s/stmt=%v", tc.b, tc.stmt), func(t *testing.T) {
+			db := openReplan(t, srv, tc.b, "pool_autocommit=true")
+			table := replanTable(t, ctx, srv)
+			q := "select * from " + table + " where id = $1"
+			var st *sql.Stmt
+			if tc.stmt {
+				var err error
+				if st, err = db.PrepareContext(ctx, q); err != nil {
+					t.Fatal(err)
+				}
+				defer st.Close()
+			}
+			run := func() (int, error) {
+				tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+				if err != nil {
+					return 0, err
+				}
+				defer tx.Rollback()
+				if tc.stmt {
+					return replanColumns(tx.StmtContext(ctx, st).QueryContext(ctx, 1))
+				}
+				return replanColumns(tx.QueryContext(ctx, q, 1))
+			}
+			for range 2 {
+				if n, err := run(); err != nil || n != 2 {
+					t.Fatalf("before: %d columns, %v", n, err)
+				}
+			}
+			if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := run(); err != nil || n != 3 {
+				t.Fatalf("after: %d columns, %v", n, err)
+			}
+			if n := replans(t, db); n != 1 {
+				t.Fatalf("Replans = %d, want 1", n)
+			}
+		})
+	}
+}
