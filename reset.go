@@ -712,6 +712,9 @@ func restoreStatement(pairs [][2]string) string {
 // isPQ reports whether inner is a lib/pq connection.
 func isPQ(inner driver.Conn) bool {
 	t := reflect.TypeOf(inner)
+	if t == nil {
+		return false
+	}
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
