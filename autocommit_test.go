@@ -494,8 +494,7 @@ func BenchmarkAutocommit(b *testing.B) {
 			return tx.Commit()
 		}
 	}
-	sctx, scancel := context.WithTimeout(ctx, warmbench.SetupTimeout)
-	vs, err := warmbench.OpenBounded(sctx, func(ctx context.Context) ([]*warmbench.Variant, error) {
+	vs := openVariants(b, ctx, 1, func(ctx context.Context) ([]*warmbench.Variant, error) {
 		var vs []*warmbench.Variant
 		for _, o := range []struct {
 			name, dsn string
@@ -514,14 +513,6 @@ func BenchmarkAutocommit(b *testing.B) {
 		}
 		return vs, nil
 	})
-	if err == nil {
-		err = warmbench.WarmVariants(sctx, vs, 1)
-	}
-	scancel()
-	defer closeVariants(b, vs)
-	if err != nil {
-		b.Fatal(err)
-	}
 	r := runRounds(b, ctx, vs, 60, 3, 1)
 	for _, v := range vs {
 		b.ReportMetric(1e6/r.PerSecond(v.Name), v.Name+"-us")

@@ -89,18 +89,9 @@ func BenchmarkReuse(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), benchTimeout)
 			defer cancel()
 			url := serverURL(b, srv, bc.rtt)
-			sctx, scancel := context.WithTimeout(ctx, warmbench.SetupTimeout)
-			vs, err := warmbench.OpenBounded(sctx, func(ctx context.Context) ([]*warmbench.Variant, error) {
+			vs := openVariants(b, ctx, reuseClients, func(ctx context.Context) ([]*warmbench.Variant, error) {
 				return warmbench.OpenReuseVariants(ctx, url, reuseConns, warmbench.BenchmarkReuseVariants)
 			})
-			if err == nil {
-				err = warmbench.WarmVariants(sctx, vs, reuseClients)
-			}
-			scancel()
-			defer closeVariants(b, vs)
-			if err != nil {
-				b.Fatal(err)
-			}
 
 			r := runRounds(b, ctx, vs, bc.queries, bc.passes, reuseClients)
 
@@ -147,18 +138,9 @@ func BenchmarkReadOnlyTx(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), benchTimeout)
 	defer cancel()
 	url := serverURL(b, srv, time.Millisecond)
-	sctx, scancel := context.WithTimeout(ctx, warmbench.SetupTimeout)
-	vs, err := warmbench.OpenBounded(sctx, func(ctx context.Context) ([]*warmbench.Variant, error) {
+	vs := openVariants(b, ctx, 1, func(ctx context.Context) ([]*warmbench.Variant, error) {
 		return warmbench.OpenReadOnlyTxVariants(ctx, url)
 	})
-	if err == nil {
-		err = warmbench.WarmVariants(sctx, vs, 1)
-	}
-	scancel()
-	defer closeVariants(b, vs)
-	if err != nil {
-		b.Fatal(err)
-	}
 
 	r := runRounds(b, ctx, vs, 150, 3, 1)
 
@@ -198,6 +180,24 @@ func runRounds(b *testing.B, ctx context.Context, vs []*warmbench.Variant, n, pa
 }
 
 // closeVariants closes every pool (see warmbench.CloseVariants).
+// openVariants opens a benchmark's variants with open and warms each with
+// warmClients connections, within warmbench.SetupTimeout; it fails tb if
+// that fails, and closes the variants when tb ends.
+func openVariants(tb testing.TB, ctx context.Context, warmClients int, open func(context.Context) ([]*warmbench.Variant, error)) []*warmbench.Variant {
+	tb.Helper()
+	sctx, cancel := context.WithTimeout(ctx, warmbench.SetupTimeout)
+	defer cancel()
+	vs, err := warmbench.OpenBounded(sctx, open)
+	tb.Cleanup(func() { closeVariants(tb, vs) })
+	if err == nil {
+		err = warmbench.WarmVariants(sctx, vs, warmClients)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return vs
+}
+
 func closeVariants(tb testing.TB, vs []*warmbench.Variant) {
 	if err := warmbench.CloseVariants(vs); err != nil {
 		tb.Error(err)
