@@ -191,6 +191,9 @@ func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 		// still takes one round trip.
 		pc.DefaultQueryExecMode = pgx.QueryExecModeExec
 	}
+	if cfg.lazyBegin {
+		pc.AfterNetConnect = beginNetConn(pc.AfterNetConnect)
+	}
 	// pgx's stdlib pings on the first reuse of every connection and after
 	// each second of idleness. warmpg's ResetSession decides instead.
 	return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa

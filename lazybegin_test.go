@@ -1,0 +1,523 @@
+package warmpg_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/warmpg/warmpg"
+	"github.com/warmpg/warmpg/internal/pgproxy"
+	"github.com/warmpg/warmpg/internal/pgtest"
+)
+
+// lazyModes are the two ways a transaction begins, for tests whose
+// assertions must hold both ways.
+var lazyModes = []struct {
+	name  string
+	param string
+}{
+	{"eager", "pool_lazy_begin=false"},
+	{"lazy", "pool_lazy_begin=true"},
+}
+
+// lazyDB opens a one-connection warmpg pool through dsn with params.
+func lazyDB(t *testing.T, dsn func(...string) string, params ...string) *sql.DB {
+	t.Helper()
+	db, err := warmpg.Open(dsn(append([]string{"pool_max_conns=1"}, params...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// lazyTable creates a table for one test and drops it when the test ends.
+func lazyTable(t *testing.T, ctx context.Context, srv *pgtest.Server) string {
+	t.Helper()
+	name := fmt.Sprintf("lazy_%d", appSeq.Add(1))
+	if err := srv.Exec(ctx, "create table "+name+" (id int primary key, v text)"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Exec(context.Background(), "drop table if exists "+name) })
+	return name
+}
+
+func countRows(t *testing.T, ctx context.Context, srv *pgtest.Server, table string) int {
+	t.Helper()
+	db, err := sql.Open("pgx", srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRowContext(ctx, "select count(*) from "+table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// The round trips of a one-statement read-write transaction, counted by the
+// proxy: BEGIN, the statement and COMMIT are three; with pool_lazy_begin the
+// BEGIN goes in the statement's write: two. Every way a statement reaches
+// the connection carries it. A transaction that runs nothing sends nothing.
+func TestLazyBeginRoundTrips(t *testing.T) {
+	srv := pgtest.Get(t)
+	proxy, via := proxied(t, srv)
+	ctx := ctxT(t, 60*time.Second)
+	table := lazyTable(t, ctx, srv)
+	ins := "insert into " + table + " values ($1, 'x')"
+	cases := []struct {
+		name string
+		run  func(tx *sql.Tx, id int) error
+	}{
+		{"exec-args", func(tx *sql.Tx, id int) error { _, err := tx.ExecContext(ctx, ins, id); return err }},
+		{"exec-simple", func(tx *sql.Tx, id int) error {
+			_, err := tx.ExecContext(ctx, fmt.Sprintf("insert into %s values (%d, 'x')", table, id))
+			return err
+		}},
+		{"query-args", func(tx *sql.Tx, id int) error {
+			var got int
+			return tx.QueryRowContext(ctx, "insert into "+table+" values ($1, 'x') returning id", id).Scan(&got)
+		}},
+		{"prepared-in-tx", func(tx *sql.Tx, id int) error {
+			st, err := tx.PrepareContext(ctx, ins)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			_, err = st.ExecContext(ctx, id)
+			return err
+		}},
+	}
+	for _, m := range lazyModes {
+		for _, c := range cases {
+			t.Run(m.name+"/"+c.name, func(t *testing.T) {
+				db := lazyDB(t, via, m.param)
+				id := int(appSeq.Add(1)) * 10
+				// The first run prepares what pgx caches; count the second.
+				for i := range 2 {
+					proxy.Reset()
+					tx, err := db.BeginTx(ctx, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := c.run(tx, id+i); err != nil {
+						t.Fatal(err)
+					}
+					if err := tx.Commit(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				got := roundTrips(proxy)
+				if c.name == "prepared-in-tx" {
+					got -= 2 // its Prepare and its Close are two more, both ways
+				}
+				want := 3
+				if m.name == "lazy" {
+					want = 2
+				}
+				if got != want {
+					t.Errorf("%s, %s: %d round trips for a one-statement transaction, want %d; sent %v", m.name, c.name, got, want, proxy.Messages())
+				}
+			})
+		}
+		t.Run(m.name+"/empty", func(t *testing.T) {
+			db := lazyDB(t, via, m.param)
+			useOnce(t, ctx, db)
+			for _, commit := range []bool{true, false} {
+				proxy.Reset()
+				tx, err := db.BeginTx(ctx, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				end := tx.Rollback
+				if commit {
+					end = tx.Commit
+				}
+				if err := end(); err != nil {
+					t.Fatal(err)
+				}
+				want := 2 // BEGIN and COMMIT or ROLLBACK
+				if m.name == "lazy" {
+					want = 0
+				}
+				if got := roundTrips(proxy); got != want {
+					t.Errorf("%s: an empty transaction (commit %v) took %d round trips, want %d", m.name, commit, got, want)
+				}
+			}
+		})
+	}
+	if got := countRows(t, ctx, srv, table); got != 2*2*len(cases) {
+		t.Errorf("%d rows committed, want %d", got, 2*2*len(cases))
+	}
+}
+
+// What a transaction observes and returns is the same whichever way it
+// began: the same assertions run both ways.
+func TestLazyBeginSameAsEager(t *testing.T) {
+	srv := pgtest.Get(t)
+	_, via := proxied(t, srv)
+	ctx := ctxT(t, 60*time.Second)
+	type outcome struct {
+		Values  []any
+		Types   []string
+		Errs    []string
+		Rows    int
+		Commit  string
+		Isolate string
+	}
+	errCode := func(err error) string {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) {
+			return pe.Code
+		}
+		if err == nil {
+			return ""
+		}
+		return err.Error()
+	}
+	scenarios := map[string]func(t *testing.T, db *sql.DB, table string) outcome{
+		"types": func(t *testing.T, db *sql.DB, table string) outcome {
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			rows, err := tx.QueryContext(ctx, `select 1::int2, 2::int4, 3::int8, 1.5::float8, 2.5::numeric, 'x'::text,
+				true, '\x01'::bytea, '2024-01-02'::date, '2024-01-02 03:04:05+00'::timestamptz, '{1,2}'::int[],
+				'{"a":1}'::json, null::int, $1::uuid`, "6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			cts, _ := rows.ColumnTypes()
+			var o outcome
+			for _, ct := range cts {
+				o.Types = append(o.Types, ct.DatabaseTypeName()+"/"+fmt.Sprint(ct.ScanType()))
+			}
+			vals := make([]any, len(cts))
+			ptrs := make([]any, len(cts))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			for rows.Next() {
+				if err := rows.Scan(ptrs...); err != nil {
+					t.Fatal(err)
+				}
+				o.Values = append(o.Values, vals...)
+			}
+			if err := rows.Err(); err != nil {
+				t.Fatal(err)
+			}
+			return o
+		},
+		"isolation-readonly": func(t *testing.T, db *sql.DB, table string) outcome {
+			var o outcome
+			for _, opts := range []*sql.TxOptions{
+				{Isolation: sql.LevelSerializable, ReadOnly: true},
+				{Isolation: sql.LevelRepeatableRead},
+				{Isolation: sql.LevelReadCommitted, ReadOnly: true},
+			} {
+				tx, err := db.BeginTx(ctx, opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var iso, ro string
+				if err := tx.QueryRowContext(ctx, "select current_setting('transaction_isolation'), current_setting('transaction_read_only')").Scan(&iso, &ro); err != nil {
+					t.Fatal(err)
+				}
+				o.Isolate += iso + "/" + ro + ";"
+				_, err = tx.ExecContext(ctx, "insert into "+table+" values ($1, 'ro')", 1)
+				o.Errs = append(o.Errs, errCode(err))
+				o.Commit += errCode(tx.Commit()) + ";"
+			}
+			if _, err := db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelLinearizable}); err != nil {
+				o.Errs = append(o.Errs, err.Error())
+			}
+			return o
+		},
+		"aborted-by-syntax-simple": func(t *testing.T, db *sql.DB, table string) outcome {
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var o outcome
+			_, err = tx.ExecContext(ctx, "selec 1")
+			o.Errs = append(o.Errs, errCode(err))
+			_, err = tx.ExecContext(ctx, "insert into "+table+" values ($1, 'a')", 2)
+			o.Errs = append(o.Errs, errCode(err))
+			o.Commit = errCode(tx.Commit())
+			o.Rows = countRows(t, ctx, srv, table)
+			return o
+		},
+		"aborted-by-syntax-args": func(t *testing.T, db *sql.DB, table string) outcome {
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var o outcome
+			_, err = tx.ExecContext(ctx, "selec $1", 1)
+			o.Errs = append(o.Errs, errCode(err))
+			_, err = tx.ExecContext(ctx, "insert into "+table+" values (3, 'a')")
+			o.Errs = append(o.Errs, errCode(err))
+			o.Commit = errCode(tx.Commit())
+			o.Rows = countRows(t, ctx, srv, table)
+			return o
+		},
+		"unique-violation-first": func(t *testing.T, db *sql.DB, table string) outcome {
+			if _, err := db.ExecContext(ctx, "insert into "+table+" values (4, 'a')"); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var o outcome
+			_, err = tx.ExecContext(ctx, "insert into "+table+" values ($1, 'b')", 4)
+			o.Errs = append(o.Errs, errCode(err))
+			_, err = tx.ExecContext(ctx, "insert into "+table+" values (5, 'b')")
+			o.Errs = append(o.Errs, errCode(err))
+			o.Errs = append(o.Errs, errCode(tx.Rollback()))
+			o.Rows = countRows(t, ctx, srv, table)
+			return o
+		},
+		"savepoints": func(t *testing.T, db *sql.DB, table string) outcome {
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var o outcome
+			for _, q := range []string{
+				"savepoint a",
+				"insert into " + table + " values (6, 'a')",
+				"savepoint b",
+				"insert into " + table + " values (7, 'b')",
+				"rollback to savepoint b",
+				"release savepoint a",
+			} {
+				_, err := tx.ExecContext(ctx, q)
+				o.Errs = append(o.Errs, errCode(err))
+			}
+			o.Commit = errCode(tx.Commit())
+			o.Rows = countRows(t, ctx, srv, table)
+			return o
+		},
+		"tx-stmt": func(t *testing.T, db *sql.DB, table string) outcome {
+			st, err := db.PrepareContext(ctx, "insert into "+table+" values ($1, 'st')")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			var o outcome
+			for _, commit := range []bool{false, true} {
+				tx, err := db.BeginTx(ctx, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = tx.StmtContext(ctx, st).ExecContext(ctx, 8)
+				o.Errs = append(o.Errs, errCode(err))
+				if commit {
+					o.Commit = errCode(tx.Commit())
+				} else {
+					o.Errs = append(o.Errs, errCode(tx.Rollback()))
+				}
+			}
+			o.Rows = countRows(t, ctx, srv, table)
+			return o
+		},
+		"raw-in-tx": func(t *testing.T, db *sql.DB, table string) outcome {
+			conn, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			tx, err := conn.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var o outcome
+			err = conn.Raw(func(dc any) error {
+				_, err := warmpg.Unwrap(dc).(*stdlib.Conn).Conn().Exec(ctx, "insert into "+table+" values ($1, 'raw')", 9)
+				return err
+			})
+			o.Errs = append(o.Errs, errCode(err))
+			o.Errs = append(o.Errs, errCode(tx.Rollback()))
+			o.Rows = countRows(t, ctx, srv, table) // the rollback took the row away
+			return o
+		},
+		"conn-runs-begin": func(t *testing.T, db *sql.DB, table string) outcome {
+			conn, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			var o outcome
+			for _, q := range []string{"begin", "insert into " + table + " values (10, 'c')", "rollback"} {
+				_, err := conn.ExecContext(ctx, q)
+				o.Errs = append(o.Errs, errCode(err))
+			}
+			o.Rows = countRows(t, ctx, srv, table)
+			return o
+		},
+	}
+	for name, run := range scenarios {
+		t.Run(name, func(t *testing.T) {
+			var got [2]outcome
+			for i, m := range lazyModes {
+				table := lazyTable(t, ctx, srv)
+				db := lazyDB(t, via, m.param)
+				got[i] = run(t, db, table)
+				if s, _ := warmpg.Stats(db); m.name == "eager" && s.LazyTxs > 0 {
+					t.Errorf("%s: LazyTxs = %d", m.name, s.LazyTxs)
+				}
+			}
+			if !reflect.DeepEqual(got[0], got[1]) {
+				t.Errorf("eager and lazy differ:\neager: %+v\nlazy:  %+v", got[0], got[1])
+			}
+			t.Logf("both: %+v", got[1])
+		})
+	}
+}
+
+// A backend terminated between BeginTx and the first statement: with
+// pool_lazy_begin the first statement finds it, its error says the
+// transaction did not begin and carries the server's; Commit fails; the
+// pool goes on with a new connection.
+func TestLazyBeginDeadConnection(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 60*time.Second)
+	table := lazyTable(t, ctx, srv)
+	app := appName(t)
+	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true", "application_name="+app)
+	useOnce(t, ctx, db)
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	killBackends(t, ctx, srv, app, 1)
+	_, err = tx.ExecContext(ctx, "insert into "+table+" values ($1, 'x')", 1)
+	var pe *pgconn.PgError
+	if !errors.Is(err, warmpg.ErrLazyBeginFailed) || !errors.As(err, &pe) || pe.Code != "57P01" {
+		t.Fatalf("first statement on a terminated backend: %v; want ErrLazyBeginFailed wrapping SQLSTATE 57P01", err)
+	}
+	if err := tx.Commit(); err == nil {
+		t.Error("Commit of a transaction that did not begin succeeded")
+	}
+	useOnce(t, ctx, db)
+	if got := countRows(t, ctx, srv, table); got != 0 {
+		t.Errorf("%d rows, want 0", got)
+	}
+}
+
+// A context cancelled between BeginTx and the first statement: database/sql
+// rolls the transaction back, nothing reaches the server, and the
+// connection goes back clean.
+func TestLazyBeginCancelledBeforeFirstStatement(t *testing.T) {
+	srv := pgtest.Get(t)
+	proxy, via := proxied(t, srv)
+	ctx := ctxT(t, 60*time.Second)
+	db := lazyDB(t, via, "pool_lazy_begin=true")
+	useOnce(t, ctx, db)
+	proxy.Reset()
+	tctx, cancel := context.WithCancel(ctx)
+	tx, err := db.BeginTx(tctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := tx.ExecContext(tctx, "select 1"); !errors.Is(err, sql.ErrTxDone) && !errors.Is(err, context.Canceled) {
+		t.Errorf("statement after the cancel: %v, want ErrTxDone or context.Canceled", err)
+	}
+	// database/sql rolls back in its own goroutine, then puts the
+	// connection back.
+	for i := 0; i < 200 && db.Stats().InUse != 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := tx.Rollback(); !errors.Is(err, sql.ErrTxDone) {
+		t.Errorf("Rollback after database/sql's: %v, want ErrTxDone", err)
+	}
+	if n := len(proxy.Messages()); n != 0 {
+		t.Errorf("a transaction cancelled before its first statement sent %d messages: %v", n, proxy.Messages())
+	}
+	useOnce(t, ctx, db)
+	s, _ := warmpg.Stats(db)
+	if s.Discarded != 0 || s.RolledBack != 0 {
+		t.Errorf("the connection was not handed back clean: %s", s)
+	}
+}
+
+// The first statement cancelled while it runs, BEGIN with it: the
+// transaction began and the statement was cancelled (or the connection
+// dropped); either way the statement is not committed and the pool goes on.
+func TestLazyBeginCancelDuringFirstStatement(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 60*time.Second)
+	table := lazyTable(t, ctx, srv)
+	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true")
+	for _, d := range []time.Duration{0, time.Millisecond, 20 * time.Millisecond} {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, cancel := context.WithTimeout(ctx, d)
+		_, err = tx.ExecContext(sctx, "insert into "+table+" select $1, pg_sleep(1)::text", int(d))
+		cancel()
+		if err == nil {
+			t.Errorf("timeout %s: the statement finished", d)
+		}
+		tx.Rollback()
+		useOnce(t, ctx, db)
+	}
+	if got := countRows(t, ctx, srv, table); got != 0 {
+		t.Errorf("%d rows, want 0", got)
+	}
+}
+
+// pool_autocommit's read-only path is untouched: with both on, a read-only
+// transaction's plain reads send no BEGIN at all, a read-write one sends
+// its BEGIN with its first statement.
+func TestLazyBeginWithAutocommit(t *testing.T) {
+	srv := pgtest.Get(t)
+	proxy, via := proxied(t, srv)
+	ctx := ctxT(t, 60*time.Second)
+	db := lazyDB(t, via, "pool_lazy_begin=true", "pool_autocommit=true")
+	useOnce(t, ctx, db)
+	for _, ro := range []bool{true, false} {
+		proxy.Reset()
+		tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: ro})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, "select $1::int", 1).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		want := 2
+		if ro {
+			want = 1
+		}
+		if got := roundTrips(proxy); got != want {
+			t.Errorf("read-only %v: %d round trips, want %d", ro, got, want)
+		}
+	}
+	s, _ := warmpg.Stats(db)
+	if s.AutocommitTxs != 1 || s.LazyTxs != 1 {
+		t.Errorf("counters: %s; want one of each", s)
+	}
+}
+
+var _ = pgx.ErrTxCommitRollback
+var _ = strings.Contains
+var _ *pgproxy.Proxy
