@@ -249,6 +249,9 @@ func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.lazyBegin && cfg.set&bitLazyBegin != 0 {
+		return nil, errors.New("warmpg: NewConnector: pool_lazy_begin=true needs a connector warmpg builds (sql.Open(\"warmpg\", dsn), warmpg.Open, or a registered pgx config name): it sends the BEGIN under pgx, on a socket a connector given to NewConnector does not let it reach (want pool_lazy_begin=false here)")
+	}
 	c := newConnector(inner, cfg)
 	c.startReady(true)
 	return c, nil

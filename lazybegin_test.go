@@ -40,6 +40,30 @@ func lazyDB(t *testing.T, dsn func(...string) string, params ...string) *sql.DB 
 	return db
 }
 
+// txControl returns the transaction-control statements the proxy saw, in
+// order: each BEGIN, COMMIT and ROLLBACK, sent as a simple Query of its own,
+// in a Parse (pool_lazy_begin's BEGIN, with the first statement), or at the
+// head of a simple Query's text (the same, for a statement without
+// arguments).
+func txControl(p *pgproxy.Proxy) []string {
+	var out []string
+	for _, m := range p.Messages() {
+		if m.Type != 'Q' && m.Type != 'P' {
+			continue
+		}
+		text := strings.ToLower(strings.TrimSpace(m.Text))
+		if first, _, ok := strings.Cut(text, ";"); ok && m.Type == 'Q' {
+			text = strings.TrimSpace(first)
+		}
+		for _, kw := range []string{"begin", "commit", "rollback"} {
+			if strings.HasPrefix(text, kw) {
+				out = append(out, text)
+			}
+		}
+	}
+	return out
+}
+
 // lazyTable creates a table for one test and drops it when the test ends.
 func lazyTable(t *testing.T, ctx context.Context, srv *pgtest.Server) string {
 	t.Helper()
@@ -518,6 +542,198 @@ func TestLazyBeginWithAutocommit(t *testing.T) {
 	}
 }
 
-var _ = pgx.ErrTxCommitRollback
-var _ = strings.Contains
-var _ *pgproxy.Proxy
+// Through a transaction-mode PgBouncer: the BEGIN that travels with the
+// first statement pins the server connection as a BEGIN sent alone does.
+// A read-write transaction of two statements keeps one server connection,
+// is one transaction at the bouncer, rolls back entirely, and costs its
+// statements' round trips and the ROLLBACK's: one less than with BEGIN sent
+// alone, both ways counted by a proxy in front of the bouncer.
+func TestLazyBeginPgBouncer(t *testing.T) {
+	srv := pgtest.Get(t)
+	b := pgtest.PgBouncer(t, srv, pgtest.WithBouncerPoolSize(bouncerPoolSize))
+	proxy, err := pgproxy.New(b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	via := func(params ...string) string { return strings.Replace(b.URL(params...), b.Addr(), proxy.Addr(), 1) }
+	ctx := ctxT(t, 60*time.Second)
+	table := lazyTable(t, ctx, srv)
+	trips := map[string]int{}
+	for _, m := range lazyModes {
+		t.Run(m.name, func(t *testing.T) {
+			db := lazyDB(t, via, m.param, "pool_pgbouncer=true")
+			useOnce(t, ctx, db)
+			// Other clients keep the bouncer's server connections busy,
+			// so that one not pinned would likely change.
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				other, err := sql.Open("pgx", b.URL("default_query_exec_mode=exec"))
+				if err != nil {
+					return
+				}
+				defer other.Close()
+				for i := 0; i < 2000; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					other.ExecContext(ctx, "select pg_sleep(0.001)")
+				}
+			}()
+			defer func() { close(stop); <-done }()
+			x0, _ := bouncerXacts(t, ctx, b)
+			proxy.Reset()
+			for i := range 5 {
+				tx, err := db.BeginTx(ctx, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var pid1, pid2 int
+				if err := tx.QueryRowContext(ctx, "insert into "+table+" values ($1, 'b') returning pg_backend_pid()", i).Scan(&pid1); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(2 * time.Millisecond)
+				if err := tx.QueryRowContext(ctx, "select pg_backend_pid() + $1::int", 0).Scan(&pid2); err != nil {
+					t.Fatal(err)
+				}
+				if pid1 != pid2 {
+					t.Errorf("one transaction ran on two server connections (%d, %d)", pid1, pid2)
+				}
+				if err := tx.Rollback(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			trips[m.name] = roundTrips(proxy)
+			if x1, _ := bouncerXacts(t, ctx, b); x1-x0 < 5 {
+				t.Errorf("the bouncer counted %d transactions for 5, want at least 5", x1-x0)
+			}
+			if got := countRows(t, ctx, srv, table); got != 0 {
+				t.Errorf("%d rows after rolling back every transaction", got)
+			}
+		})
+	}
+	if trips["eager"]-trips["lazy"] != 5 {
+		t.Errorf("round trips for 5 transactions of two statements: eager %d, lazy %d; want lazy 5 fewer", trips["eager"], trips["lazy"])
+	}
+}
+
+// pgx's CopyFrom through (*sql.Conn).Raw inside a transaction: its simple
+// Query carries the BEGIN, and the rows go with the transaction.
+func TestLazyBeginCopyFromRaw(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 60*time.Second)
+	table := lazyTable(t, ctx, srv)
+	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true")
+	for _, commit := range []bool{false, true} {
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = conn.Raw(func(dc any) error {
+			n, err := warmpg.Unwrap(dc).(*stdlib.Conn).Conn().CopyFrom(ctx, pgx.Identifier{table}, []string{"id", "v"},
+				pgx.CopyFromRows([][]any{{1, "a"}, {2, "b"}}))
+			if err == nil && n != 2 {
+				err = fmt.Errorf("copied %d rows, want 2", n)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		end := tx.Rollback
+		if commit {
+			end = tx.Commit
+		}
+		if err := end(); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		want := 0
+		if commit {
+			want = 2
+		}
+		if got := countRows(t, ctx, srv, table); got != want {
+			t.Errorf("commit %v: %d rows, want %d", commit, got, want)
+		}
+	}
+}
+
+// After a fast restart of the server, every pooled connection is dead.
+// With BEGIN sent at BeginTx, database/sql retries BeginTx on a connection
+// the driver refuses as bad; with pool_lazy_begin nothing is sent until the
+// first statement, which database/sql cannot retry inside a transaction. In
+// check mode (the default) no transaction fails either way: ResetSession
+// refuses every dead connection before BeginTx. With pool_reset=none the
+// dead connections are handed out, and transactions fail both ways — the
+// control that shows the restart left dead connections. The counts are
+// logged (docs/lazy-begin.md).
+func TestLazyBeginAfterRestart(t *testing.T) {
+	ctx := ctxT(t, 3*time.Minute)
+	srv := ownCluster(t, ctx)
+	const size, rounds = 8, 3
+	type pool struct {
+		reset, mode string
+		db          *sql.DB
+		failed      int
+	}
+	var pools []*pool
+	for _, reset := range []string{"check", "none"} {
+		for _, m := range lazyModes {
+			db, err := warmpg.Open(srv.URL("pool_reset="+reset, m.param, fmt.Sprintf("pool_max_conns=%d", size)), warmpg.WithLogger(faultQuietLog))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if _, err := warmpg.WarmDB(ctx, db); err != nil {
+				t.Fatal(err)
+			}
+			pools = append(pools, &pool{reset: reset, mode: m.name, db: db})
+		}
+	}
+	if err := srv.Restart(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pools {
+		for range rounds {
+			errs := make(chan error, size)
+			for range size {
+				go func() {
+					tx, err := p.db.BeginTx(ctx, nil)
+					if err != nil {
+						errs <- err
+						return
+					}
+					var one int
+					if err = tx.QueryRowContext(ctx, "select $1::int", 1).Scan(&one); err != nil {
+						tx.Rollback()
+						errs <- err
+						return
+					}
+					errs <- tx.Commit()
+				}()
+			}
+			for range size {
+				if err := <-errs; err != nil {
+					p.failed++
+				}
+			}
+		}
+		t.Logf("pool_reset=%s, %s BEGIN: %d of %d transactions failed after the restart", p.reset, p.mode, p.failed, size*rounds)
+	}
+	for _, p := range pools {
+		if p.reset == "check" && p.failed != 0 {
+			t.Errorf("pool_reset=check, %s BEGIN: %d transactions failed after a restart, want 0", p.mode, p.failed)
+		}
+	}
+	if pools[2].failed+pools[3].failed == 0 {
+		t.Error("pool_reset=none failed no transaction: the restart left no dead connection to find")
+	}
+}

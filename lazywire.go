@@ -151,7 +151,7 @@ func (b *beginConn) Write(p []byte) (int, error) {
 	default:
 		// Part of it went: not safe to send again (pgx's safeToRetry
 		// is n == 0), and not all of p.
-		return max(1, min(n, len(p)-1)), err
+		return min(max(n-(len(buf)-len(p)), 1), len(p)-1), err
 	}
 }
 

@@ -116,6 +116,7 @@ func newConfig() config {
 	return config{
 		backend:      BackendPgx,
 		reset:        ResetCheck,
+		lazyBegin:    true,
 		warmTimeout:  DefaultWarmTimeout,
 		connectRetry: DefaultConnectRetryTimeout,
 		cancelGrace:  DefaultCancelGrace,
@@ -191,6 +192,9 @@ func (c *config) validate() error {
 	if c.maxConns > 0 && c.minIdleConns > c.maxConns {
 		return fmt.Errorf("warmpg: pool_min_idle_conns=%d exceeds pool_max_conns=%d (want pool_min_idle_conns <= pool_max_conns)",
 			c.minIdleConns, c.maxConns)
+	}
+	if c.lazyBegin && c.set&bitLazyBegin != 0 && c.backend == BackendPQ {
+		return errors.New("warmpg: pool_lazy_begin=true with pool_backend=pq: the BEGIN travels with the first statement under pgx only (want pool_backend=pgx, or pool_lazy_begin=false)")
 	}
 	if c.set&bitLifetimeJitter != 0 && c.lifetimeJitter > c.maxConnLifetime {
 		return fmt.Errorf("warmpg: pool_max_conn_lifetime_jitter=%s exceeds pool_max_conn_lifetime=%s (want jitter <= lifetime; jitter needs a lifetime)",
