@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -104,12 +105,22 @@ func abortedErr() error {
 		Message: "current transaction is aborted, commands ignored until end of transaction block"}
 }
 
-// beforeLazy refuses a statement in a lazy transaction that did not begin.
+// beforeLazy refuses a statement in a lazy transaction that did not begin:
+// found by an earlier statement, or by one pgx ran through Raw (whose error
+// warmpg did not see), after which the BEGIN is no longer armed and this
+// statement would run outside any transaction.
 func (c *conn) beforeLazy() error {
-	if t := c.lazy; t != nil && t.aborted {
-		return abortedErr()
+	t := c.lazy
+	if t == nil {
+		return nil
 	}
-	return nil
+	if !t.aborted {
+		if out, _ := c.bc.state(); out != beginFailed {
+			return nil
+		}
+		t.aborted = true
+	}
+	return abortedErr()
 }
 
 // afterLazy takes a statement's error in a lazy transaction: when the BEGIN
@@ -126,7 +137,7 @@ func (c *conn) afterLazy(err error) error {
 	t.aborted = true
 	c.bc.disarm()
 	var pe *pgconn.PgError
-	if simple && errors.As(err, &pe) && pe.Code[:2] == "42" {
+	if simple && errors.As(err, &pe) && strings.HasPrefix(pe.Code, "42") {
 		// The server rejected the whole query string, BEGIN with it,
 		// because the statement does not parse: the statement's own
 		// error, as BeginTx's BEGIN followed by it would have given.

@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -735,5 +737,78 @@ func TestLazyBeginAfterRestart(t *testing.T) {
 	}
 	if pools[2].failed+pools[3].failed == 0 {
 		t.Error("pool_reset=none failed no transaction: the restart left no dead connection to find")
+	}
+}
+
+// A BEGIN that failed under a statement pgx ran through Raw (whose error
+// warmpg never sees): the next statement through database/sql is refused as
+// in an aborted transaction, not run outside one.
+func TestLazyBeginFailedUnderRaw(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 60*time.Second)
+	table := lazyTable(t, ctx, srv)
+	app := appName(t)
+	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true", "application_name="+app)
+	useOnce(t, ctx, db)
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	killBackends(t, ctx, srv, app, 1)
+	rawErr := conn.Raw(func(dc any) error {
+		_, err := warmpg.Unwrap(dc).(*stdlib.Conn).Conn().Exec(ctx, "select $1::int", 1)
+		return err
+	})
+	if rawErr == nil {
+		t.Fatal("a statement on a terminated backend succeeded")
+	}
+	_, err = tx.ExecContext(ctx, "insert into "+table+" values ($1, 'x')", 1)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "25P02" {
+		t.Errorf("statement after a failed BEGIN under Raw: %v; want SQLSTATE 25P02", err)
+	}
+	if err := tx.Commit(); !errors.Is(err, pgx.ErrTxCommitRollback) {
+		t.Errorf("Commit: %v, want pgx.ErrTxCommitRollback", err)
+	}
+}
+
+// Code that reaches the socket through pgx, as it would without
+// pool_lazy_begin: PgConn().Conn() is warmpg's layer, whose SyscallConn is
+// the socket's and whose NetConn is what it wraps.
+func TestLazyBeginSocketReachable(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 30*time.Second)
+	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true", "sslmode=disable")
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	err = conn.Raw(func(dc any) error {
+		nc := warmpg.Unwrap(dc).(*stdlib.Conn).Conn().PgConn().Conn()
+		sc, ok := nc.(syscall.Conn)
+		if !ok {
+			return fmt.Errorf("%T is no syscall.Conn", nc)
+		}
+		rc, err := sc.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var fd uintptr
+		if err := rc.Control(func(f uintptr) { fd = f }); err != nil || fd == 0 {
+			return fmt.Errorf("no file descriptor: %v", err)
+		}
+		if _, ok := nc.(interface{ NetConn() net.Conn }).NetConn().(*net.TCPConn); !ok && !strings.HasPrefix(srv.Addr(), "/") {
+			return fmt.Errorf("NetConn of %T is no *net.TCPConn", nc)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

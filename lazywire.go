@@ -3,9 +3,11 @@ package warmpg
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -84,6 +86,16 @@ func beginNetConn(next func(context.Context, *pgconn.Config, net.Conn) (net.Conn
 // NetConn returns the connection beginConn wraps (as tls.Conn's does), for
 // check mode's look at the socket.
 func (b *beginConn) NetConn() net.Conn { return b.Conn }
+
+// SyscallConn reaches the socket under beginConn, for code that sets socket
+// options through pgx's PgConn().Conn() (as it would without
+// pool_lazy_begin, when the connection is not TLS).
+func (b *beginConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := b.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, fmt.Errorf("warmpg: %T under pool_lazy_begin's layer has no SyscallConn", b.Conn)
+}
 
 // arm makes the next write carry begin.
 func (b *beginConn) arm(begin string) {
