@@ -170,8 +170,13 @@ func OpenReadOnlyTxVariants(ctx context.Context, url URLFunc) ([]*Variant, error
 	return vs, nil
 }
 
+// LazyBeginVariants are OpenLazyBeginVariants' names, in order.
+var LazyBeginVariants = []string{"statement", "lazy-tx", "eager-tx", "pgx-tx"}
+
 // OpenLazyBeginVariants opens BenchmarkLazyBegin's variants: one warmed
-// connection each, running WriteTxOp on table (or SelectOp).
+// connection each, running WriteTxOp on table ("" for no table: the
+// statement is then a select of its argument, still in a read-write
+// transaction).
 //
 //	statement  warmpg: the transaction's statement alone, no transaction
 //	lazy-tx    warmpg, pool_lazy_begin=true (the default)
@@ -201,6 +206,12 @@ func OpenLazyBeginVariants(ctx context.Context, url URLFunc, table string) ([]*V
 func writeOp(db interface {
 	ExecContext(context.Context, string, ...any) (sql.Result, error)
 }, table string) func(context.Context) error {
+	if table == "" {
+		return func(ctx context.Context) error {
+			_, err := db.ExecContext(ctx, "select $1::int", 1)
+			return err
+		}
+	}
 	return func(ctx context.Context) error {
 		res, err := db.ExecContext(ctx, "update "+table+" set n = n + 1 where id = $1", 1)
 		if err == nil {
