@@ -74,6 +74,9 @@ func (t *autocommitTx) end(commit bool) error {
 // pool_autocommit transaction, one that is not a plain read first upgrades
 // the transaction to a real one.
 func (c *conn) beforeStatement(ctx context.Context, query string) error {
+	if err := c.beforeLazy(); err != nil {
+		return err
+	}
 	if t := c.ac; t != nil && t.tx == nil && !sqltext.Scan(query).PlainRead() {
 		return t.upgrade(ctx)
 	}

@@ -72,6 +72,11 @@ type conn struct {
 	// ac is the pool_autocommit transaction open on this connection, if any
 	// (autocommit.go).
 	ac *autocommitTx
+	// bc is the socket pool_lazy_begin's BEGIN goes through (lazywire.go),
+	// nil when the connection has none; lazy the pool_lazy_begin
+	// transaction open on this connection, if any (lazybegin.go).
+	bc   *beginConn
+	lazy *lazyTx
 
 	// The deadline watchdog (watchdog.go), for a non-pgx connection whose
 	// socket warmpg dialled: nc is that socket.
@@ -104,7 +109,9 @@ func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
 	if w.pgx != nil {
 		// pgx ends a statement on its context itself, and says where its
 		// socket is.
-		w.raw = rawConnOf(w.pgx.Conn().PgConn().Conn())
+		nc := w.pgx.Conn().PgConn().Conn()
+		w.bc, _ = nc.(*beginConn)
+		w.raw = rawConnOf(nc)
 		w.snapshotParams()
 	} else if nc != nil {
 		w.nc = nc
@@ -184,13 +191,18 @@ func (c *conn) Begin() (driver.Tx, error) {
 // cannot write (ReadOnly, or any on a pool_read_only pool) at default or
 // read-committed isolation sends nothing: its plain reads run in autocommit
 // until a statement needs a real transaction (autocommit.go).
-// On a pool_read_only pool every transaction is begun read-only.
+// On a pool_read_only pool every transaction is begun read-only. With
+// pool_lazy_begin, any other transaction sends its BEGIN with its first
+// statement (lazybegin.go).
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	cfg := &c.c.cfg
 	cannotWrite := opts.ReadOnly || cfg.readOnly
 	if cfg.autocommit && cannotWrite &&
 		(opts.Isolation == driver.IsolationLevel(sql.LevelDefault) || opts.Isolation == driver.IsolationLevel(sql.LevelReadCommitted)) {
 		return c.beginAutocommit(ctx, opts)
+	}
+	if c.canLazyBegin() {
+		return c.beginLazy(ctx, opts)
 	}
 	return c.beginTx(ctx, opts)
 }
@@ -237,10 +249,13 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	var st driver.Stmt
 	var err error
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
+		if err := c.beforeLazy(); err != nil {
+			return nil, err
+		}
 		disarm := c.watch(ctx)
 		st, err = p.PrepareContext(ctx, query)
 		disarm()
-		err = c.ctxErr(ctx, err)
+		err = c.ctxErr(ctx, c.afterLazy(err))
 	} else {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -271,6 +286,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		if err != nil && c.pgx != nil && c.canResend(ctx, err) {
 			res, err = c.resendExec(ctx, e, query, args, err)
 		}
+		err = c.afterLazy(err)
 		c.noteDone(info, err)
 		return res, c.ctxErr(ctx, err)
 	case driver.Execer: //nolint:staticcheck // legacy drivers
@@ -302,6 +318,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		if err != nil && c.pgx != nil && c.canResend(ctx, err) {
 			rows, err = c.resendQuery(ctx, q, query, args, err)
 		}
+		err = c.afterLazy(err)
 		if err != nil || !c.armed() {
 			disarm()
 			return rows, c.ctxErr(ctx, err)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/DATA-DOG/go-sqlmock"
@@ -154,6 +155,19 @@ func TestConnectorCloseClosesInnerAndStopsConnect(t *testing.T) {
 	}
 	if c2, ok := connectorOf(db); !ok || c2 != c {
 		t.Error("db.Driver() must lead back to the connector")
+	}
+}
+
+// pool_lazy_begin needs the socket under pgx, which a connector given to
+// NewConnector does not let warmpg reach: refused, saying why.
+func TestNewConnectorRefusesLazyBegin(t *testing.T) {
+	withEnv(t)
+	_, err := NewConnector(&fakeConnector{}, WithLazyBegin(true))
+	if err == nil || !strings.Contains(err.Error(), "pool_lazy_begin") || !strings.Contains(err.Error(), "NewConnector") {
+		t.Fatalf("NewConnector with WithLazyBegin(true): %v; want a refusal naming pool_lazy_begin", err)
+	}
+	if _, err := NewConnector(&fakeConnector{}, WithLazyBegin(false)); err != nil {
+		t.Fatal(err)
 	}
 }
 

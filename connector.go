@@ -191,6 +191,9 @@ func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 		// still takes one round trip.
 		pc.DefaultQueryExecMode = pgx.QueryExecModeExec
 	}
+	if cfg.lazyBegin {
+		pc.AfterNetConnect = beginNetConn(pc.AfterNetConnect)
+	}
 	// pgx's stdlib pings on the first reuse of every connection and after
 	// each second of idleness. warmpg's ResetSession decides instead.
 	return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa
@@ -245,6 +248,9 @@ func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
 	cfg, err := buildConfig(nil, opts)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.lazyBegin && cfg.set&bitLazyBegin != 0 {
+		return nil, errors.New("warmpg: NewConnector: pool_lazy_begin=true needs a connector warmpg builds (sql.Open(\"warmpg\", dsn), warmpg.Open, or a registered pgx config name): it sends the BEGIN under pgx, on a socket a connector given to NewConnector does not let it reach (want pool_lazy_begin=false here)")
 	}
 	c := newConnector(inner, cfg)
 	c.startReady(true)

@@ -81,6 +81,7 @@ type config struct {
 	prewarm         bool
 	reset           ResetMode
 	autocommit      bool
+	lazyBegin       bool
 	readOnly        bool
 	maxConnLifetime time.Duration
 	lifetimeJitter  time.Duration // valid when set&bitLifetimeJitter; see jitter
@@ -115,6 +116,7 @@ func newConfig() config {
 	return config{
 		backend:      BackendPgx,
 		reset:        ResetCheck,
+		lazyBegin:    true,
 		warmTimeout:  DefaultWarmTimeout,
 		connectRetry: DefaultConnectRetryTimeout,
 		cancelGrace:  DefaultCancelGrace,
@@ -191,6 +193,9 @@ func (c *config) validate() error {
 		return fmt.Errorf("warmpg: pool_min_idle_conns=%d exceeds pool_max_conns=%d (want pool_min_idle_conns <= pool_max_conns)",
 			c.minIdleConns, c.maxConns)
 	}
+	if c.lazyBegin && c.set&bitLazyBegin != 0 && c.backend == BackendPQ {
+		return errors.New("warmpg: pool_lazy_begin=true with pool_backend=pq: the BEGIN travels with the first statement under pgx only (want pool_backend=pgx, or pool_lazy_begin=false)")
+	}
 	if c.set&bitLifetimeJitter != 0 && c.lifetimeJitter > c.maxConnLifetime {
 		return fmt.Errorf("warmpg: pool_max_conn_lifetime_jitter=%s exceeds pool_max_conn_lifetime=%s (want jitter <= lifetime; jitter needs a lifetime)",
 			c.lifetimeJitter, c.maxConnLifetime)
@@ -219,6 +224,7 @@ const (
 	bitCancelGrace
 	bitLeakThreshold
 	bitExhaustedInterval
+	bitLazyBegin
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -250,6 +256,7 @@ var params = []param{
 		return nil
 	}},
 	{"pool_autocommit", bitAutocommit, boolParser(func(c *config) *bool { return &c.autocommit })},
+	{"pool_lazy_begin", bitLazyBegin, boolParser(func(c *config) *bool { return &c.lazyBegin })},
 	{"pool_read_only", bitReadOnly, boolParser(func(c *config) *bool { return &c.readOnly })},
 	{"pool_max_conn_lifetime", bitMaxConnLifetime, durationParser(func(c *config) *time.Duration { return &c.maxConnLifetime }, false)},
 	{"pool_max_conn_lifetime_jitter", bitLifetimeJitter, durationParser(func(c *config) *time.Duration { return &c.lifetimeJitter }, false)},
@@ -506,6 +513,16 @@ func WithReset(m ResetMode) Option {
 // transactions stay real transactions.
 func WithAutocommit(on bool) Option {
 	return func(c *config) { c.autocommit = on; c.set |= bitAutocommit }
+}
+
+// WithLazyBegin sends a transaction's BEGIN in the same network write as its
+// first statement instead of on its own at BeginTx (pool_lazy_begin; default
+// false; pgx backend only): a transaction costs one round trip less, and one
+// that runs no statement sends nothing at all. The server takes a
+// transaction's snapshot at its first statement, not at BEGIN, so nothing a
+// transaction can observe changes. See docs/lazy-begin.md for what differs.
+func WithLazyBegin(on bool) Option {
+	return func(c *config) { c.lazyBegin = on; c.set |= bitLazyBegin }
 }
 
 // WithReadOnly makes every connection read-only from its first message

@@ -2,7 +2,6 @@ package warmpg
 
 import (
 	"context"
-	"crypto/tls"
 	"database/sql/driver"
 	"errors"
 	"fmt"
@@ -89,6 +88,12 @@ func (e *badConnError) Unwrap() []error {
 // warmpg's checks (its ping on first reuse and after a second idle is
 // turned off). The clean path of check sends nothing.
 func (c *conn) ResetSession(ctx context.Context) error {
+	if c.lazy != nil {
+		// database/sql ends every transaction before the next use; this
+		// is only in case a BEGIN is still waiting.
+		c.lazy = nil
+		c.bc.disarm()
+	}
 	out, err := c.reset(ctx)
 	c.maybeTx, c.maybeSession = false, false
 	// In check mode warmpg has just made the checks the pgx connector it
@@ -553,8 +558,13 @@ func (c *conn) peek() peekState {
 // rawConnOf returns the socket under a driver's net.Conn (under TLS too: the
 // peek looks at TCP, not at TLS records), or nil.
 func rawConnOf(nc net.Conn) syscall.RawConn {
-	if tc, ok := nc.(*tls.Conn); ok {
-		nc = tc.NetConn()
+	// Under TLS (tls.Conn) and pool_lazy_begin's beginConn.
+	for range 4 {
+		u, ok := nc.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		nc = u.NetConn()
 	}
 	sc, ok := nc.(syscall.Conn)
 	if !ok {

@@ -482,7 +482,7 @@ func TestIntegrationAutocommitMessages(t *testing.T) {
 			if err := tx.Commit(); err != nil {
 				t.Fatal(err)
 			}
-			if qs := simpleQueries(proxy); len(qs) != 2 || !strings.HasPrefix(strings.ToLower(qs[0]), "begin") || !strings.EqualFold(qs[1], "commit") {
+			if qs := txControl(proxy); len(qs) != 2 || !strings.HasPrefix(strings.ToLower(qs[0]), "begin") || !strings.EqualFold(qs[1], "commit") {
 				t.Errorf("read-write transaction sent %q, want BEGIN and COMMIT", qs)
 			}
 		})

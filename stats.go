@@ -34,6 +34,9 @@ type Counters struct {
 	// refused a cached plan whose result columns a schema change had
 	// changed (SQLSTATE 0A000, docs/replan.md).
 	Replans int64
+	// LazyTxs counts transactions begun with pool_lazy_begin: their BEGIN
+	// went with their first statement, or was never sent.
+	LazyTxs int64
 
 	// Who holds the pool's connections (docs/exhaustion.md), counted while
 	// checkouts are tracked: pool_exhausted_log_interval > 0 (the
@@ -52,15 +55,15 @@ type Counters struct {
 
 // String returns the counters on one line; it holds no DSN and no secret.
 func (s Counters) String() string {
-	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d replans=%d in_use=%d oldest_in_use=%s held_past_threshold=%d exhaustions=%d",
-		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades, s.Replans,
+	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d replans=%d lazy_txs=%d in_use=%d oldest_in_use=%s held_past_threshold=%d exhaustions=%d",
+		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades, s.Replans, s.LazyTxs,
 		s.InUse, s.OldestInUse, s.HeldPastThreshold, s.Exhaustions)
 }
 
 type stats struct {
 	connects, connectErrors                           atomic.Int64
 	clean, pinged, rolledBack, reset, discarded, acTx atomic.Int64
-	acUp, readyHits, replans                          atomic.Int64
+	acUp, readyHits, replans, lazyTx                  atomic.Int64
 }
 
 func (s *stats) count(o outcome) {
@@ -88,6 +91,7 @@ func (c *Connector) Stats() Counters {
 		AutocommitUpgrades: s.acUp.Load(),
 		FromReady:          s.readyHits.Load(),
 		Replans:            s.replans.Load(),
+		LazyTxs:            s.lazyTx.Load(),
 
 		InUse: c.holds.inUse.Load(), OldestInUse: c.holds.oldest(),
 		HeldPastThreshold: c.holds.leaks.Load(), Exhaustions: c.holds.reports.Load(),

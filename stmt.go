@@ -92,6 +92,9 @@ func (s *stmt) Close() error {
 // before upgrades a pool_autocommit transaction open on the connection to
 // a real one when the statement is not a plain read.
 func (s *stmt) before(ctx context.Context) error {
+	if err := s.c.beforeLazy(); err != nil {
+		return err
+	}
 	t := s.c.ac
 	if t == nil || t.tx != nil || s.query == "" {
 		return nil
@@ -122,7 +125,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 			res, err = s.runExec(ctx, args)
 		}
 	}
-	err = s.c.ctxErr(ctx, err)
+	err = s.c.ctxErr(ctx, s.c.afterLazy(err))
 	disarm()
 	s.c.noteDone(s.info, err)
 	return res, err
@@ -145,6 +148,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 			rows, err = s.runQuery(ctx, args)
 		}
 	}
+	err = s.c.afterLazy(err)
 	if err != nil || !s.c.armed() {
 		disarm()
 		return rows, s.c.ctxErr(ctx, err)
@@ -188,6 +192,7 @@ func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {
 	}
 	s.c.note(s.info)
 	res, err := s.Stmt.Exec(args) //nolint:staticcheck // the legacy method is part of driver.Stmt
+	err = s.c.afterLazy(err)
 	s.c.noteDone(s.info, err)
 	return res, err
 }
@@ -197,7 +202,8 @@ func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
 		return nil, err
 	}
 	s.c.note(s.info)
-	return s.Stmt.Query(args) //nolint:staticcheck // the legacy method is part of driver.Stmt
+	rows, err := s.Stmt.Query(args) //nolint:staticcheck // the legacy method is part of driver.Stmt
+	return rows, s.c.afterLazy(err)
 }
 
 // CheckNamedValue asks the inner statement, else the connection, as

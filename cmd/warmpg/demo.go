@@ -38,6 +38,8 @@ cluster (or -dsn):
      mode and for plain pgx (the restart needs the throwaway cluster)
   3. read-only transactions: pool_autocommit vs a plain select and a real
      BEGIN READ ONLY ... COMMIT
+  4. read-write transactions: BEGIN sent with the first statement
+     (pool_lazy_begin, the default) vs sent alone, and plain pgx
 `
 
 func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -71,7 +73,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "warmpg demo: %s; %s\n\n", t.heading(), runs)
 
 	for _, step := range []func(context.Context, *target, demoConfig, io.Writer) error{
-		demoWarm, demoFirstBurst, demoReuse, demoRestart, demoReadOnly,
+		demoWarm, demoFirstBurst, demoReuse, demoRestart, demoReadOnly, demoLazyBegin,
 	} {
 		if err := step(ctx, t, c, stdout); err != nil {
 			return err
@@ -383,7 +385,7 @@ func sum(xs []int) (s int) {
 var roRows = map[string]struct{ label, trips string }{
 	"select":           {"select 1 (no transaction)", "1"},
 	"autocommit-ro-tx": {"read-only tx, pool_autocommit=true", "1"},
-	"warmpg-ro-tx":     {"read-only tx, warmpg default", "3"},
+	"warmpg-ro-tx":     {"read-only tx, pool_lazy_begin=false", "3"},
 	"pgx-ro-tx":        {"read-only tx, plain pgx", "3"},
 }
 
@@ -406,6 +408,38 @@ func demoReadOnly(ctx context.Context, t *target, c demoConfig, w io.Writer) err
 	for _, v := range warmbench.ReadOnlyTxVariants {
 		lat := time.Duration(float64(time.Second) / warmbench.Median(r.PerSecondEach(v)))
 		tb.add(roRows[v].label, msec(lat), times(r.MedianRatio(v, "select")), roRows[v].trips)
+	}
+	tb.print(w)
+	return nil
+}
+
+// lazyRows are the read-write variants as the demo shows them, and the
+// round trips each sends per operation.
+var lazyRows = map[string]struct{ label, trips string }{
+	"statement": {"select $1 (no transaction)", "1"},
+	"lazy-tx":   {"read-write tx, warmpg default", "2"},
+	"eager-tx":  {"read-write tx, pool_lazy_begin=false", "3"},
+	"pgx-tx":    {"read-write tx, plain pgx", "3"},
+}
+
+func demoLazyBegin(ctx context.Context, t *target, c demoConfig, w io.Writer) error {
+	url := func(params ...string) string { return t.url(t.app("lazybegin"), params...) }
+	r, err := measureRounds(ctx, c.runs, 3, c.roOps, 1, t.p, "read-write transactions", func(ctx context.Context) ([]*warmbench.Variant, error) {
+		return warmbench.OpenLazyBeginVariants(ctx, url, "")
+	})
+	if err != nil {
+		return err
+	}
+	tb := table{
+		title: fmt.Sprintf("4. Read-write transactions: one client, one connection, %d operations per variant per run", r.Ops),
+		head:  []string{"operation", "latency ms", "vs the statement alone", "round trips"},
+		notes: []string{
+			"a transaction is BeginTx, one statement, Commit (what GORM wraps every Create in); warmpg sends the BEGIN with the statement",
+		},
+	}
+	for _, v := range warmbench.LazyBeginVariants {
+		lat := time.Duration(float64(time.Second) / warmbench.Median(r.PerSecondEach(v)))
+		tb.add(lazyRows[v].label, msec(lat), times(r.MedianRatio(v, "statement")), lazyRows[v].trips)
 	}
 	tb.print(w)
 	return nil

@@ -163,6 +163,10 @@ func TestDemoWithDSN(t *testing.T) {
 	if len(ro) != 4 || ro["read-only tx, pool_autocommit=true"][2] != 1 || ro["read-only tx, plain pgx"][2] != 3 {
 		t.Errorf("read-only rows: %v", ro)
 	}
+	rw := numbers(t, tableRows(t, out, "4. Read-write transactions"), 1, 2, 3)
+	if len(rw) != 4 || rw["read-write tx, warmpg default"][2] != 2 || rw["read-write tx, plain pgx"][2] != 3 {
+		t.Errorf("read-write rows: %v", rw)
+	}
 }
 
 // The demo with no DSN starts its own cluster, and restarts it.

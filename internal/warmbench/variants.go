@@ -158,7 +158,7 @@ func OpenReadOnlyTxVariants(ctx context.Context, url URLFunc) ([]*Variant, error
 	}{
 		{"select", "warmpg", url(), SelectOp},
 		{"autocommit-ro-tx", "warmpg", url("pool_autocommit=true"), ReadOnlyTxOp},
-		{"warmpg-ro-tx", "warmpg", url(), ReadOnlyTxOp},
+		{"warmpg-ro-tx", "warmpg", url("pool_lazy_begin=false"), ReadOnlyTxOp},
 		{"pgx-ro-tx", "pgx", url(), ReadOnlyTxOp},
 	} {
 		v, err := OpenSQLVariant(ctx, o.name, func() (*sql.DB, error) { return sql.Open(o.driver, o.dsn) }, 1, o.op)
@@ -168,6 +168,76 @@ func OpenReadOnlyTxVariants(ctx context.Context, url URLFunc) ([]*Variant, error
 		vs = append(vs, v)
 	}
 	return vs, nil
+}
+
+// LazyBeginVariants are OpenLazyBeginVariants' names, in order.
+var LazyBeginVariants = []string{"statement", "lazy-tx", "eager-tx", "pgx-tx"}
+
+// OpenLazyBeginVariants opens BenchmarkLazyBegin's variants: one warmed
+// connection each, running WriteTxOp on table ("" for no table: the
+// statement is then a select of its argument, still in a read-write
+// transaction).
+//
+//	statement  warmpg: the transaction's statement alone, no transaction
+//	lazy-tx    warmpg, pool_lazy_begin=true (the default)
+//	eager-tx   warmpg, pool_lazy_begin=false: BEGIN sent at BeginTx
+//	pgx-tx     plain sql.Open("pgx", url)
+func OpenLazyBeginVariants(ctx context.Context, url URLFunc, table string) ([]*Variant, error) {
+	var vs []*Variant
+	for _, o := range []struct {
+		name, driver, dsn string
+		op                func(*sql.DB) func(context.Context) error
+	}{
+		{"statement", "warmpg", url(), func(db *sql.DB) func(context.Context) error { return writeOp(db, table) }},
+		{"lazy-tx", "warmpg", url("pool_lazy_begin=true"), func(db *sql.DB) func(context.Context) error { return WriteTxOp(db, table) }},
+		{"eager-tx", "warmpg", url("pool_lazy_begin=false"), func(db *sql.DB) func(context.Context) error { return WriteTxOp(db, table) }},
+		{"pgx-tx", "pgx", url(), func(db *sql.DB) func(context.Context) error { return WriteTxOp(db, table) }},
+	} {
+		v, err := OpenSQLVariant(ctx, o.name, func() (*sql.DB, error) { return sql.Open(o.driver, o.dsn) }, 1, o.op)
+		if err != nil {
+			return vs, fmt.Errorf("open %s: %w", o.name, err)
+		}
+		vs = append(vs, v)
+	}
+	return vs, nil
+}
+
+// writeOp adds one to the counter of row 1 of table (id int, n int).
+func writeOp(db interface {
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, table string) func(context.Context) error {
+	if table == "" {
+		return func(ctx context.Context) error {
+			_, err := db.ExecContext(ctx, "select $1::int", 1)
+			return err
+		}
+	}
+	return func(ctx context.Context) error {
+		res, err := db.ExecContext(ctx, "update "+table+" set n = n + 1 where id = $1", 1)
+		if err == nil {
+			var n int64
+			if n, err = res.RowsAffected(); err == nil && n != 1 {
+				err = fmt.Errorf("updated %d rows, want 1", n)
+			}
+		}
+		return err
+	}
+}
+
+// WriteTxOp runs writeOp's update in a read-write transaction on db: a
+// one-statement transaction, as GORM wraps every Create, Update and Delete.
+func WriteTxOp(db *sql.DB, table string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := writeOp(tx, table)(ctx); err != nil {
+			tx.Rollback()
+			return err
+		}
+		return tx.Commit()
+	}
 }
 
 // CloseVariants closes every pool, giving up on one that takes longer than

@@ -1,0 +1,288 @@
+package warmpg
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// The wire half of pool_lazy_begin (lazybegin.go holds the transaction).
+//
+// beginConn sits between pgx and the connection's socket (above TLS: pgx's
+// AfterNetConnect). While a lazy transaction's BEGIN is pending, the next
+// write pgx makes carries it:
+//
+//   - an extended-protocol write (Parse, Bind, Describe, Close, Execute,
+//     Flush or Sync first: every query with arguments, every prepared
+//     statement, every batch) gets Parse/Bind/Execute of the BEGIN in front
+//     of it, with no Sync in between. Should the BEGIN fail, the server
+//     skips everything up to pgx's own Sync: the statement does not run
+//     outside the transaction it was meant for.
+//   - a simple Query (a statement without arguments, pgx's simple protocol)
+//     has "begin …;" put before its text: the server runs a query string's
+//     statements in order and stops at the first error, and rejects the whole
+//     string, BEGIN included, if any of it does not parse.
+//
+// The server's replies to the BEGIN (ParseComplete, BindComplete and
+// CommandComplete; CommandComplete alone for a simple Query) are taken out
+// of what pgx reads, so pgx sees exactly the replies to what it sent. An
+// ErrorResponse in their place means the transaction did not begin; it is
+// passed on, as the reply to pgx's statement. Notices, parameter statuses
+// and notifications pass at any time.
+type beginConn struct {
+	net.Conn
+
+	// armed is set while a BEGIN waits for the next write, filtering while
+	// replies to one are still to be taken out: the fast paths read only
+	// these. Both change under mu, with the state below.
+	armed, filtering atomic.Bool
+
+	mu    sync.Mutex
+	begin string // the pending BEGIN's text, while armed
+	// The reply filter: strip replies still to take out; hdr/nhdr a
+	// message header being read; drop and pass the bytes left of the
+	// message being taken out or passed on; out what was filtered and not
+	// yet read.
+	strip      int
+	hdr        [5]byte
+	nhdr       int
+	drop, pass int
+	out        []byte
+	scratch    []byte
+	outcome    beginOutcome
+	simple     bool // the BEGIN went in a simple Query's text
+}
+
+// beginOutcome is what became of a lazy transaction's BEGIN.
+type beginOutcome int
+
+const (
+	beginPending beginOutcome = iota // not sent yet
+	beginSent                        // sent; its replies are still to come
+	beginDone                        // the server began the transaction
+	beginFailed                      // an error came in place of its replies
+)
+
+// beginNetConn is pgx's AfterNetConnect for pool_lazy_begin, after next's
+// (a registered config's own), if any.
+func beginNetConn(next func(context.Context, *pgconn.Config, net.Conn) (net.Conn, error)) func(context.Context, *pgconn.Config, net.Conn) (net.Conn, error) {
+	return func(ctx context.Context, cfg *pgconn.Config, nc net.Conn) (net.Conn, error) {
+		if next != nil {
+			var err error
+			if nc, err = next(ctx, cfg, nc); err != nil {
+				return nil, err
+			}
+		}
+		return &beginConn{Conn: nc}, nil
+	}
+}
+
+// NetConn returns the connection beginConn wraps (as tls.Conn's does), for
+// check mode's look at the socket.
+func (b *beginConn) NetConn() net.Conn { return b.Conn }
+
+// SyscallConn reaches the socket under beginConn, for code that sets socket
+// options through pgx's PgConn().Conn() (as it would without
+// pool_lazy_begin, when the connection is not TLS).
+func (b *beginConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := b.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, fmt.Errorf("warmpg: %T under pool_lazy_begin's layer has no SyscallConn", b.Conn)
+}
+
+// arm makes the next write carry begin.
+func (b *beginConn) arm(begin string) {
+	b.mu.Lock()
+	b.begin, b.outcome = begin, beginPending
+	b.armed.Store(true)
+	b.mu.Unlock()
+}
+
+// disarm forgets a BEGIN not sent yet and reports what became of the last
+// one armed.
+func (b *beginConn) disarm() beginOutcome {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.begin = ""
+	b.armed.Store(false)
+	return b.outcome
+}
+
+// state reports what became of the last BEGIN armed, and whether it went in
+// a simple Query's text.
+func (b *beginConn) state() (beginOutcome, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.outcome, b.simple
+}
+
+func (b *beginConn) Write(p []byte) (int, error) {
+	if !b.armed.Load() || len(p) < 5 {
+		return b.Conn.Write(p)
+	}
+	b.mu.Lock()
+	var buf []byte
+	switch p[0] {
+	case 'P', 'B', 'D', 'C', 'E', 'H', 'S':
+		buf = appendBegin(make([]byte, 0, len(b.begin)+32+len(p)), b.begin)
+		buf = append(buf, p...)
+		b.strip, b.simple = 3, false
+	case 'Q':
+		if n := int(binary.BigEndian.Uint32(p[1:5])) + 1; n <= len(p) {
+			buf = appendSimpleBegin(make([]byte, 0, len(p)+len(b.begin)+8), b.begin, p[5:n])
+			buf = append(buf, p[n:]...)
+			b.strip, b.simple = 1, true
+		}
+	}
+	if buf == nil {
+		// Something that is no statement (a Terminate, a copy's data):
+		// the BEGIN waits for the next write.
+		b.mu.Unlock()
+		return b.Conn.Write(p)
+	}
+	b.begin = ""
+	b.armed.Store(false)
+	b.outcome = beginSent
+	b.nhdr, b.drop, b.pass = 0, 0, 0
+	b.filtering.Store(true)
+	b.mu.Unlock()
+
+	n, err := b.Conn.Write(buf)
+	switch {
+	case n == len(buf):
+		return len(p), err
+	case n == 0:
+		return 0, err
+	default:
+		// Part of it went: not safe to send again (pgx's safeToRetry
+		// is n == 0), and not all of p.
+		return min(max(n-(len(buf)-len(p)), 1), len(p)-1), err
+	}
+}
+
+// appendBegin appends the extended-protocol messages that run begin on the
+// unnamed statement and portal, without a Sync.
+func appendBegin(dst []byte, begin string) []byte {
+	// Parse: name "", query, no parameter types.
+	dst = append(dst, 'P')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+1+len(begin)+1+2))
+	dst = append(dst, 0)
+	dst = append(dst, begin...)
+	dst = append(dst, 0, 0, 0)
+	// Bind: portal "", statement "", no parameter formats, no
+	// parameters, no result formats.
+	dst = append(dst, 'B')
+	dst = binary.BigEndian.AppendUint32(dst, 4+1+1+2+2+2)
+	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
+	// Execute: portal "", no row limit.
+	dst = append(dst, 'E')
+	dst = binary.BigEndian.AppendUint32(dst, 4+1+4)
+	return append(dst, 0, 0, 0, 0, 0)
+}
+
+// appendSimpleBegin appends a simple Query message whose text is begin
+// followed by the text of the Query body q (NUL-terminated).
+func appendSimpleBegin(dst []byte, begin string, q []byte) []byte {
+	dst = append(dst, 'Q')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+len(begin)+2+len(q)))
+	dst = append(dst, begin...)
+	dst = append(dst, ';', '\n')
+	return append(dst, q...)
+}
+
+func (b *beginConn) Read(p []byte) (int, error) {
+	for {
+		if !b.filtering.Load() {
+			return b.Conn.Read(p)
+		}
+		b.mu.Lock()
+		if len(b.out) > 0 {
+			n := copy(p, b.out)
+			b.out = b.out[n:]
+			b.endFilter()
+			b.mu.Unlock()
+			return n, nil
+		}
+		if cap(b.scratch) < len(p) {
+			b.scratch = make([]byte, len(p))
+		}
+		scratch := b.scratch[:len(p)]
+		b.mu.Unlock()
+
+		// Reads are serialised (pgx's background reader or the frontend,
+		// never both), so scratch is this call's.
+		n, err := b.Conn.Read(scratch)
+		b.mu.Lock()
+		b.filter(scratch[:n])
+		m := copy(p, b.out)
+		b.out = b.out[m:]
+		b.endFilter()
+		b.mu.Unlock()
+		if m > 0 || err != nil {
+			return m, err
+		}
+	}
+}
+
+// endFilter stops filtering once the BEGIN's replies are out and everything
+// filtered has been read.
+func (b *beginConn) endFilter() {
+	if b.strip == 0 && b.drop == 0 && b.pass == 0 && b.nhdr == 0 && len(b.out) == 0 {
+		b.filtering.Store(false)
+		b.out = nil
+	}
+}
+
+// filter takes the BEGIN's replies out of p, appending the rest to b.out.
+func (b *beginConn) filter(p []byte) {
+	for len(p) > 0 {
+		switch {
+		case b.drop > 0:
+			k := min(b.drop, len(p))
+			b.drop -= k
+			p = p[k:]
+		case b.pass > 0:
+			k := min(b.pass, len(p))
+			b.out = append(b.out, p[:k]...)
+			b.pass -= k
+			p = p[k:]
+		case b.strip == 0 && b.nhdr == 0:
+			b.out = append(b.out, p...)
+			return
+		default:
+			k := copy(b.hdr[b.nhdr:], p)
+			b.nhdr += k
+			p = p[k:]
+			if b.nhdr < len(b.hdr) {
+				return
+			}
+			b.nhdr = 0
+			body := int(binary.BigEndian.Uint32(b.hdr[1:])) - 4
+			switch typ := b.hdr[0]; {
+			case typ == 'N' || typ == 'S' || typ == 'A':
+				// Notice, ParameterStatus, NotificationResponse: at any time.
+				b.out = append(b.out, b.hdr[:]...)
+				b.pass = body
+			case b.strip > 0 && (typ == '1' || typ == '2' || typ == 'C'):
+				b.drop = body
+				if b.strip--; b.strip == 0 {
+					b.outcome = beginDone
+				}
+			default:
+				// An ErrorResponse, or anything else, in place of the
+				// BEGIN's replies: it did not begin. The rest is pgx's.
+				b.out = append(b.out, b.hdr[:]...)
+				b.pass = body
+				b.strip = 0
+				b.outcome = beginFailed
+			}
+		}
+	}
+}
