@@ -88,6 +88,10 @@ type conn struct {
 	// prepared counts, by text, the statements prepared through
 	// PrepareContext on a pgx connection and not yet closed (replan.go).
 	prepared map[string]int
+
+	// learns: statements run on c feed the connector's hot statements
+	// (statements.go).
+	learns bool
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -106,6 +110,7 @@ func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
 		// socket is.
 		w.raw = rawConnOf(w.pgx.Conn().PgConn().Conn())
 		w.snapshotParams()
+		w.learns = c.hot != nil && w.warmCap() > 0
 	} else if nc != nil {
 		w.nc = nc
 		w.raw = rawConnOf(nc)
@@ -264,6 +269,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	info := c.noteStatement(query)
+	c.learn(query, len(args))
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		defer c.watch(ctx)()
@@ -295,6 +301,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		return nil, err
 	}
 	c.noteStatement(query)
+	c.learn(query, len(args))
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
 		disarm := c.watch(ctx)
