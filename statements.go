@@ -55,7 +55,9 @@ func WithWarmStatementLimit(k int) Option {
 // protocol, which prepares nothing. Declared statements count toward
 // pool_warm_statements. A statement that fails to prepare (a table not
 // there yet) is skipped on that connection and counted in
-// Counters.StatementsWarmFailed; it does not fail the connect.
+// Counters.StatementsWarmFailed; it does not fail the connect. Give it to
+// Open, OpenConnector or NewConnector: WarmDB's options do not change how
+// the connector opens connections.
 func WithWarmStatements(sql ...string) Option {
 	return func(c *config) {
 		for _, s := range sql {
