@@ -47,12 +47,14 @@ func runHot(ctx context.Context, q interface {
 // path: 32 clients share 16 warmed connections, no latency injected (the
 // worst case for a relative cost), each running one of hotK parameterized
 // selects at random; "learn" is warmpg's default (pool_warm_statements=32:
-// one execution in 16 counted, under a lock), "off" pool_warm_statements=0.
+// one execution in 16 counted, under a lock), "off" pool_warm_statements=0,
+// and "off2" the same again: off2/off shows the machine's noise.
 //
 //	go test -run '^$' -bench BenchmarkWarmStatementsLearnCost -benchtime 5x .
 //
 // Metrics: <variant>-qps; learn/off is the median over rounds of off's time
-// over learn's, per round (learn's throughput relative to off's; 1: free).
+// over learn's, per round (learn's throughput relative to off's; 1: free),
+// off2/off the same for the control.
 func BenchmarkWarmStatementsLearnCost(b *testing.B) {
 	srv := pgtest.Get(b)
 	ctx, cancel := context.WithTimeout(context.Background(), benchTimeout)
@@ -66,9 +68,9 @@ func BenchmarkWarmStatementsLearnCost(b *testing.B) {
 	}
 	vs := openVariants(b, ctx, reuseClients, func(ctx context.Context) ([]*warmbench.Variant, error) {
 		var vs []*warmbench.Variant
-		for _, v := range []struct{ name, k string }{{"learn", "32"}, {"off", "0"}} {
+		for _, v := range []struct{ name, k string }{{"learn", "32"}, {"off", "0"}, {"off2", "0"}} {
 			wv, err := warmbench.OpenSQLVariant(ctx, v.name, func() (*sql.DB, error) {
-				return sql.Open("warmpg", srv.URL("pool_warm_statements="+v.k))
+				return sql.Open("warmpg", srv.URL("pool_warm_statements="+v.k, "pool_exhausted_log_interval=0"))
 			}, reuseConns, op)
 			vs = append(vs, wv)
 			if err != nil {
@@ -82,6 +84,7 @@ func BenchmarkWarmStatementsLearnCost(b *testing.B) {
 		b.ReportMetric(r.PerSecond(v.Name), v.Name+"-qps")
 	}
 	b.ReportMetric(r.MedianRatio("off", "learn"), "learn/off")
+	b.ReportMetric(r.MedianRatio("off", "off2"), "off2/off")
 }
 
 // BenchmarkWarmStatementsFirstUse: the first execution of hotK hot

@@ -230,6 +230,22 @@ func TestWarmStatementsSkipFailing(t *testing.T) {
 			t.Errorf("first execution of %q: %d round trips, %d Parse; want 1 and 0", q, rts[i], parses[i])
 		}
 	}
+
+	// Only failing statements: the connect still succeeds.
+	db2, err := warmpg.Open(url("pool_max_conns=1", "application_name="+appName(t)), warmpg.WithWarmStatements(bad, bad+" and 1 = 1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	if rep, err := warmpg.WarmDB(ctx, db2); err != nil || rep.Warmed != 1 {
+		t.Fatalf("WarmDB: %v %v", rep, err)
+	}
+	if st := warmStats(t, db2); st.StatementsWarmed != 0 || st.StatementsWarmFailed != 2 {
+		t.Errorf("StatementsWarmed=%d StatementsWarmFailed=%d, want 0 and 2", st.StatementsWarmed, st.StatementsWarmFailed)
+	}
+	if err := runOnce(ctx, db2, good[0]); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // forceNewConn closes db's idle connections and warms a new one.
@@ -283,6 +299,25 @@ func TestWarmStatementsLearned(t *testing.T) {
 		if rts[i] != 1 || parses[i] != 0 {
 			t.Errorf("first execution of %q: %d round trips, %d Parse; want 1 and 0", q, rts[i], parses[i])
 		}
+	}
+
+	// The selects' table goes: the next connection fails to prepare them,
+	// counts it, connects anyway with the INSERT warm, and forgets them, so
+	// the one after prepares the INSERT alone.
+	if err := srv.Exec(ctx, "drop table "+full); err != nil {
+		t.Fatal(err)
+	}
+	before := warmStats(t, db)
+	forceNewConn(t, ctx, db, 1)
+	selects := int64(len(qs) - 1)
+	if st := warmStats(t, db); st.StatementsWarmFailed-before.StatementsWarmFailed != selects || st.StatementsWarmed-before.StatementsWarmed != 1 {
+		t.Errorf("after DROP TABLE: StatementsWarmFailed %d → %d, StatementsWarmed %d → %d; want +%d and +1",
+			before.StatementsWarmFailed, st.StatementsWarmFailed, before.StatementsWarmed, st.StatementsWarmed, selects)
+	}
+	p.Reset()
+	forceNewConn(t, ctx, db, 1)
+	if n := p.Count('P'); n != 1 {
+		t.Errorf("the connection after prepared %d statements, want 1 (the INSERT): the failed ones were not forgotten", n)
 	}
 }
 
