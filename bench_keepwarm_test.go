@@ -122,9 +122,15 @@ func churnVariants(lifetime time.Duration) []churnVariant {
 	}
 }
 
-// steadyLoad runs clients goroutines issuing select 1 with a 1 ms pause for
-// d, and returns every query's latency, sorted, and the failures.
-func steadyLoad(ctx context.Context, db *sql.DB, clients int, d time.Duration) ([]time.Duration, int) {
+// selectOne is steadyLoad's default operation.
+func selectOne(ctx context.Context, db *sql.DB) error {
+	var x int
+	return db.QueryRowContext(ctx, "select 1").Scan(&x)
+}
+
+// steadyLoad runs clients goroutines issuing op (select 1) with a 1 ms
+// pause for d, and returns every query's latency, sorted, and the failures.
+func steadyLoad(ctx context.Context, db *sql.DB, clients int, d time.Duration, op func(context.Context, *sql.DB) error) ([]time.Duration, int) {
 	var mu sync.Mutex
 	var all []time.Duration
 	failed := 0
@@ -138,8 +144,7 @@ func steadyLoad(ctx context.Context, db *sql.DB, clients int, d time.Duration) (
 			bad := 0
 			for i := 0; i < 1_000_000 && time.Now().Before(stop) && ctx.Err() == nil; i++ {
 				t0 := time.Now()
-				var x int
-				if err := db.QueryRowContext(ctx, "select 1").Scan(&x); err != nil {
+				if err := op(ctx, db); err != nil {
 					bad++
 				}
 				mine = append(mine, time.Since(t0))
@@ -201,6 +206,12 @@ type churnResult struct {
 // them at once for d, and closes them.
 func churnAll(tb testing.TB, srv *pgtest.Server, vs []churnVariant, dsn, app string, d time.Duration) map[string]churnResult {
 	tb.Helper()
+	return churnAllOp(tb, srv, vs, dsn, app, d, selectOne)
+}
+
+// churnAllOp is churnAll with the load's operation.
+func churnAllOp(tb testing.TB, srv *pgtest.Server, vs []churnVariant, dsn, app string, d time.Duration, op func(context.Context, *sql.DB) error) map[string]churnResult {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d+2*time.Minute)
 	defer cancel()
 	dbs := make([]*sql.DB, len(vs))
@@ -222,7 +233,7 @@ func churnAll(tb testing.TB, srv *pgtest.Server, vs []churnVariant, dsn, app str
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			lat, bad := steadyLoad(ctx, dbs[i], 16, d)
+			lat, bad := steadyLoad(ctx, dbs[i], 16, d, op)
 			mu.Lock()
 			res[v.name] = churnResult{lat, bad}
 			mu.Unlock()

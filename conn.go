@@ -93,6 +93,10 @@ type conn struct {
 	// prepared counts, by text, the statements prepared through
 	// PrepareContext on a pgx connection and not yet closed (replan.go).
 	prepared map[string]int
+
+	// learns: statements run on c feed the connector's hot statements
+	// (statements.go).
+	learns bool
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -113,6 +117,7 @@ func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
 		w.bc, _ = nc.(*beginConn)
 		w.raw = rawConnOf(nc)
 		w.snapshotParams()
+		w.learns = c.hot != nil && w.warmCap() > 0
 	} else if nc != nil {
 		w.nc = nc
 		w.raw = rawConnOf(nc)
@@ -279,6 +284,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, err
 	}
 	info := c.noteStatement(query)
+	c.learn(query, len(args))
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		defer c.watch(ctx)()
@@ -311,6 +317,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		return nil, err
 	}
 	c.noteStatement(query)
+	c.learn(query, len(args))
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
 		disarm := c.watch(ctx)

@@ -43,6 +43,8 @@ type Connector struct {
 	// connection slots), and it changes nothing in a session after connect
 	// (see captureSession).
 	ownInner bool
+
+	warmState // statement warming (statements.go)
 }
 
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
@@ -261,6 +263,7 @@ func newConnector(inner driver.Connector, cfg config) *Connector {
 	c := &Connector{inner: inner, cfg: cfg}
 	c.drv = &Driver{connector: c}
 	c.holds.init(c)
+	c.initWarm()
 	return c
 }
 

@@ -452,6 +452,10 @@ func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
 		ic.Close()
 		return nil, nil, err
 	}
+	if err := c.warmStatements(ctx, baseConn(w)); err != nil {
+		ic.Close()
+		return nil, nil, err
+	}
 	return w, baseConn(w), nil
 }
 

@@ -31,6 +31,13 @@ const (
 	// warmpg's watchdog breaks the connection, when pool_cancel_grace is not
 	// set (see WithCancelGrace).
 	DefaultCancelGrace = time.Second
+	// DefaultWarmStatements is how many statements each new connection
+	// prepares ahead when pool_warm_statements is not set (see
+	// WithWarmStatementLimit and docs/statements.md).
+	DefaultWarmStatements = 32
+	// MaxWarmStatements bounds pool_warm_statements: each warmed statement
+	// costs every connection server memory (docs/statements.md).
+	MaxWarmStatements = 256
 	// defaultMaxIdleConns is database/sql's own default, kept when neither
 	// pool_max_idle_conns nor pool_max_conns is set.
 	defaultMaxIdleConns = 2
@@ -110,6 +117,12 @@ type config struct {
 	// by tests and the fleet measurement, to compare with the old behaviour.
 	warmRamp       int
 	warmIgnoreFull bool
+
+	// warmStmts: pool_warm_statements, the most statements a new
+	// connection prepares ahead (0: off); warmDeclared: those
+	// WithWarmStatements declared, warmed first (statements.go).
+	warmStmts    int
+	warmDeclared []string
 }
 
 func newConfig() config {
@@ -120,6 +133,7 @@ func newConfig() config {
 		warmTimeout:  DefaultWarmTimeout,
 		connectRetry: DefaultConnectRetryTimeout,
 		cancelGrace:  DefaultCancelGrace,
+		warmStmts:    DefaultWarmStatements,
 
 		exhaustedInterval: DefaultExhaustedLogInterval,
 	}
@@ -196,6 +210,9 @@ func (c *config) validate() error {
 	if c.lazyBegin && c.set&bitLazyBegin != 0 && c.backend == BackendPQ {
 		return errors.New("warmpg: pool_lazy_begin=true with pool_backend=pq: the BEGIN travels with the first statement under pgx only (want pool_backend=pgx, or pool_lazy_begin=false)")
 	}
+	if err := c.validateWarmStatements(); err != nil {
+		return err
+	}
 	if c.set&bitLifetimeJitter != 0 && c.lifetimeJitter > c.maxConnLifetime {
 		return fmt.Errorf("warmpg: pool_max_conn_lifetime_jitter=%s exceeds pool_max_conn_lifetime=%s (want jitter <= lifetime; jitter needs a lifetime)",
 			c.lifetimeJitter, c.maxConnLifetime)
@@ -225,6 +242,7 @@ const (
 	bitLeakThreshold
 	bitExhaustedInterval
 	bitLazyBegin
+	bitWarmStatements
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -277,6 +295,7 @@ var params = []param{
 	}},
 	{"pool_leak_threshold", bitLeakThreshold, durationParser(func(c *config) *time.Duration { return &c.leakThreshold }, false)},
 	{"pool_exhausted_log_interval", bitExhaustedInterval, durationParser(func(c *config) *time.Duration { return &c.exhaustedInterval }, false)},
+	{"pool_warm_statements", bitWarmStatements, intParser(func(c *config) *int { return &c.warmStmts }, 0, MaxWarmStatements)},
 }
 
 // LogOff is the pool_log_level that logs nothing (WithLogLevel(LogOff)).

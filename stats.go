@@ -37,6 +37,11 @@ type Counters struct {
 	// LazyTxs counts transactions begun with pool_lazy_begin: their BEGIN
 	// went with their first statement, or was never sent.
 	LazyTxs int64
+	// StatementsWarmed counts statements new connections prepared ahead
+	// (pool_warm_statements, docs/statements.md); StatementsWarmFailed
+	// those that failed to prepare and were skipped (a table dropped, a
+	// statement declared with a typo). Neither failed a connect.
+	StatementsWarmed, StatementsWarmFailed int64
 
 	// Who holds the pool's connections (docs/exhaustion.md), counted while
 	// checkouts are tracked: pool_exhausted_log_interval > 0 (the
@@ -55,8 +60,8 @@ type Counters struct {
 
 // String returns the counters on one line; it holds no DSN and no secret.
 func (s Counters) String() string {
-	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d replans=%d lazy_txs=%d in_use=%d oldest_in_use=%s held_past_threshold=%d exhaustions=%d",
-		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades, s.Replans, s.LazyTxs,
+	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d replans=%d lazy_txs=%d statements_warmed=%d statements_warm_failed=%d in_use=%d oldest_in_use=%s held_past_threshold=%d exhaustions=%d",
+		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades, s.Replans, s.LazyTxs, s.StatementsWarmed, s.StatementsWarmFailed,
 		s.InUse, s.OldestInUse, s.HeldPastThreshold, s.Exhaustions)
 }
 
@@ -64,6 +69,7 @@ type stats struct {
 	connects, connectErrors                           atomic.Int64
 	clean, pinged, rolledBack, reset, discarded, acTx atomic.Int64
 	acUp, readyHits, replans, lazyTx                  atomic.Int64
+	stmtsWarmed, stmtsWarmFailed                      atomic.Int64
 }
 
 func (s *stats) count(o outcome) {
@@ -88,10 +94,12 @@ func (c *Connector) Stats() Counters {
 		Connects: s.connects.Load(), ConnectErrors: s.connectErrors.Load(),
 		Clean: s.clean.Load(), Pinged: s.pinged.Load(), RolledBack: s.rolledBack.Load(),
 		Reset: s.reset.Load(), Discarded: s.discarded.Load(), AutocommitTxs: s.acTx.Load(),
-		AutocommitUpgrades: s.acUp.Load(),
-		FromReady:          s.readyHits.Load(),
-		Replans:            s.replans.Load(),
-		LazyTxs:            s.lazyTx.Load(),
+		AutocommitUpgrades:   s.acUp.Load(),
+		FromReady:            s.readyHits.Load(),
+		Replans:              s.replans.Load(),
+		LazyTxs:              s.lazyTx.Load(),
+		StatementsWarmed:     s.stmtsWarmed.Load(),
+		StatementsWarmFailed: s.stmtsWarmFailed.Load(),
 
 		InUse: c.holds.inUse.Load(), OldestInUse: c.holds.oldest(),
 		HeldPastThreshold: c.holds.leaks.Load(), Exhaustions: c.holds.reports.Load(),

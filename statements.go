@@ -1,0 +1,334 @@
+package warmpg
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Statement warming (docs/statements.md).
+//
+// In pgx's default mode (cache_statement) the first execution of a
+// parameterized query on a connection costs two round trips: Parse and
+// Describe, then Bind and Execute. warmpg learns each connector's hot
+// statements (hotStmts) and takes declared ones (WithWarmStatements); every
+// connection it opens prepares them into pgx's statement cache before it is
+// handed out, all in one pipelined round trip (warmStatements), so that
+// their first execution costs one.
+//
+// pgx has no public way to fill its statement cache. SendBatch in
+// cache_statement mode prepares every statement of the batch it has not
+// cached in one pipeline, puts them in the cache, and only then encodes
+// each query's arguments (pgx v5.12 conn.go, sendBatchExtendedWithDescription):
+// an encoding error returns before any Bind or Execute is written. The
+// batch warmStatements sends gives its first query more arguments than any
+// statement can have parameters (65536; the protocol counts them in 16 bits),
+// so pgx prepares and caches every statement and executes none.
+// TestWarmStatementsExecuteNothing holds pgx to it, against a real server:
+// no Bind or Execute sent, a warmed INSERT inserted nothing, and the first
+// execution of each warmed statement is one round trip.
+
+// WithWarmStatementLimit sets the most statements each new connection
+// prepares ahead — those WithWarmStatements declares, then the ones this
+// connector ran most (pool_warm_statements; default DefaultWarmStatements, 0
+// to MaxWarmStatements; 0: off). Only on pgx in its default
+// default_query_exec_mode=cache_statement, and not with pool_pgbouncer.
+func WithWarmStatementLimit(k int) Option {
+	return intOption("pool_warm_statements", bitWarmStatements, k, 0, MaxWarmStatements, func(c *config) *int { return &c.warmStmts })
+}
+
+// WithWarmStatements declares statements every new connection prepares
+// before it is handed out, before those warmpg learned, so that their
+// first execution costs one round trip, not two (docs/statements.md). The
+// text must be exactly what the application runs, with $1-style
+// parameters: pgx sends a statement without arguments by the simple
+// protocol, which prepares nothing. Declared statements count toward
+// pool_warm_statements. A statement that fails to prepare (a table not
+// there yet) is skipped on that connection and counted in
+// Counters.StatementsWarmFailed; it does not fail the connect. Give it to
+// Open, OpenConnector or NewConnector: WarmDB's options do not change how
+// the connector opens connections.
+func WithWarmStatements(sql ...string) Option {
+	return func(c *config) {
+		for _, s := range sql {
+			if strings.TrimSpace(s) == "" {
+				c.errs = append(c.errs, errors.New("warmpg: invalid option WithWarmStatements: an empty statement (want the SQL text the application runs)"))
+				return
+			}
+			if !slices.Contains(c.warmDeclared, s) {
+				c.warmDeclared = append(c.warmDeclared, s)
+			}
+		}
+	}
+}
+
+func (c *config) validateWarmStatements() error {
+	if n := len(c.warmDeclared); n > c.warmStmts {
+		return fmt.Errorf("warmpg: WithWarmStatements declares %d statements but pool_warm_statements=%d warms at most %d per connection (want pool_warm_statements from %d to %d)",
+			n, c.warmStmts, c.warmStmts, n, MaxWarmStatements)
+	}
+	return nil
+}
+
+// Learning: a sample of the parameterized statements run directly on the
+// connector's pgx connections feeds a Space-Saving counter (Metwally et
+// al.), which keeps the most frequent of a stream in bounded memory.
+const (
+	// hotSample: one execution in hotSample is counted, so the hot path
+	// pays one random number, and the lock one time in hotSample.
+	hotSample = 16
+	// hotMinSamples: a statement is warmed once sampled this often
+	// (guaranteed, net of Space-Saving's overestimate), so a one-off
+	// statement is not.
+	hotMinSamples = 2
+	// hotMaxSQL: longer statements are not learned (generated ones, with
+	// long IN lists, rarely repeat); they can still be declared.
+	hotMaxSQL = 8 << 10
+	// hotSlots per warmed statement: the counter tracks hotSlots×K.
+	hotSlots = 4
+	// hotAgeEvery: after hotAgeEvery×slots samples every count halves, so
+	// that statements that stopped running make room.
+	hotAgeEvery = 64
+)
+
+// hotStmts is a Space-Saving counter of statement texts.
+type hotStmts struct {
+	mu      sync.Mutex
+	slots   int
+	byText  map[string]*hotEntry
+	h       hotHeap // least count first
+	samples int
+}
+
+type hotEntry struct {
+	sql        string
+	count, err int // estimated count; by how much it may overestimate
+	i          int // index in h
+}
+
+func newHotStmts(k int) *hotStmts {
+	n := max(hotSlots*k, 16)
+	return &hotStmts{slots: n, byText: make(map[string]*hotEntry, n)}
+}
+
+// observe counts one sampled execution of sql.
+func (h *hotStmts) observe(sql string) {
+	if len(sql) > hotMaxSQL {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e := h.byText[sql]; e != nil {
+		e.count++
+		heap.Fix(&h.h, e.i)
+	} else if len(h.h) < h.slots {
+		e = &hotEntry{sql: sql, count: 1}
+		h.byText[sql] = e
+		heap.Push(&h.h, e)
+	} else {
+		// Replace the least counted: the newcomer may have run up to that
+		// often unseen.
+		e = h.h[0]
+		delete(h.byText, e.sql)
+		e.sql, e.err = sql, e.count
+		e.count++
+		h.byText[sql] = e
+		heap.Fix(&h.h, 0)
+	}
+	if h.samples++; h.samples >= hotAgeEvery*h.slots {
+		h.samples = 0
+		for _, e := range h.h { // halving keeps the heap's order
+			e.count /= 2
+			e.err /= 2
+		}
+	}
+}
+
+// top returns up to k statements sampled at least hotMinSamples times
+// (net of the overestimate), most counted first.
+func (h *hotStmts) top(k int) []string {
+	h.mu.Lock()
+	es := make([]*hotEntry, 0, len(h.h))
+	for _, e := range h.h {
+		if e.count-e.err >= hotMinSamples {
+			es = append(es, e)
+		}
+	}
+	slices.SortFunc(es, func(a, b *hotEntry) int { return b.count - a.count })
+	out := make([]string, 0, min(k, len(es)))
+	for _, e := range es[:min(k, len(es))] {
+		out = append(out, e.sql)
+	}
+	h.mu.Unlock()
+	return out
+}
+
+// forget drops sql (it failed to prepare).
+func (h *hotStmts) forget(sql string) {
+	h.mu.Lock()
+	if e := h.byText[sql]; e != nil {
+		delete(h.byText, sql)
+		heap.Remove(&h.h, e.i)
+	}
+	h.mu.Unlock()
+}
+
+type hotHeap []*hotEntry
+
+func (h hotHeap) Len() int           { return len(h) }
+func (h hotHeap) Less(i, j int) bool { return h[i].count < h[j].count }
+func (h hotHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].i, h[j].i = i, j
+}
+func (h *hotHeap) Push(x any) {
+	e := x.(*hotEntry)
+	e.i = len(*h)
+	*h = append(*h, e)
+}
+func (h *hotHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return e
+}
+
+// warmCap returns how many statements a new connection c may warm: 0
+// unless c is pgx in cache_statement mode with a statement cache, outside
+// pool_pgbouncer; at most pgx's statement cache capacity (a statement
+// the cache evicts again is deallocated at the next query, a round trip).
+func (c *conn) warmCap() int {
+	cfg := &c.c.cfg
+	if c.pgx == nil || cfg.warmStmts == 0 || cfg.pgbouncer || c.c.warmOff.Load() {
+		return 0
+	}
+	pc := c.pgx.Conn().Config()
+	if pc.DefaultQueryExecMode != pgx.QueryExecModeCacheStatement || pc.StatementCacheCapacity <= 0 {
+		return 0
+	}
+	return min(cfg.warmStmts, pc.StatementCacheCapacity)
+}
+
+// learn counts, one time in hotSample, a statement run directly on c
+// with arguments (without, pgx sends it by the simple protocol and caches
+// nothing).
+func (c *conn) learn(query string, args int) {
+	// learns: set at connect, from warmCap and c.c.hot.
+	if c.learns && args > 0 && rand.Uint32()%hotSample == 0 {
+		c.c.hot.observe(query)
+	}
+}
+
+// warmList returns the statements a new connection warms, at most k:
+// the declared ones, then the learned ones, most run first.
+func (c *Connector) warmList(k int) []string {
+	list := c.cfg.warmDeclared[:min(k, len(c.cfg.warmDeclared)):min(k, len(c.cfg.warmDeclared))]
+	if c.hot == nil || len(list) >= k {
+		return list
+	}
+	for _, s := range c.hot.top(k) {
+		if len(list) >= k {
+			break
+		}
+		if !slices.Contains(c.cfg.warmDeclared, s) {
+			list = append(list, s)
+		}
+	}
+	return list
+}
+
+// impossibleArgs has one more argument than a statement can have
+// parameters; allocated (1 MiB) at the first warming. pgx only counts it.
+var impossibleArgs = sync.OnceValue(func() []any { return make([]any, 1<<16) })
+
+// errWarmUnexpected: pgx answered the warming batch in a way its v5.12
+// code does not (see above); warming stops for the connector.
+var errWarmUnexpected = errors.New("warmpg: statement warming: pgx did not answer as expected; warming is off for this connector")
+
+// warmStatements prepares, on the new connection b, the statements
+// warmList names, in one pipelined round trip, and executes none. A
+// statement the server refuses to prepare is skipped (and, if learned,
+// forgotten): the rest are prepared again in one more round trip (two
+// when some had been prepared before it: pgx deallocates them first).
+// It returns an error only when the connection broke (or ctx ended,
+// which breaks it): the connect fails as any other would.
+func (c *Connector) warmStatements(ctx context.Context, b *conn) error {
+	k := b.warmCap()
+	if k == 0 {
+		return nil
+	}
+	list := c.warmList(k)
+	pc := b.pgx.Conn()
+	for len(list) > 0 {
+		batch := &pgx.Batch{}
+		batch.Queue(list[0], impossibleArgs()...)
+		for _, s := range list[1:] {
+			batch.Queue(s)
+		}
+		err := pc.SendBatch(ctx, batch).Close()
+		var pre pgx.ErrPreprocessingBatch
+		var pgErr *pgconn.PgError
+		switch {
+		case pc.IsClosed():
+			c.stats.stmtsWarmFailed.Add(int64(len(list)))
+			if err == nil {
+				err = errors.New("warmpg: connection closed while preparing statements")
+			}
+			return err
+		case errors.As(err, &pre) && pre.SQL() == list[0] && !errors.As(err, &pgErr) &&
+			strings.Contains(err.Error(), "mismatched param and argument count"):
+			// Prepared, cached, and nothing executed.
+			c.stats.stmtsWarmed.Add(int64(len(list)))
+			return nil
+		case errors.As(err, &pre) && errors.As(err, &pgErr) && slices.Contains(list, pre.SQL()) &&
+			pc.PgConn().TxStatus() == 'I':
+			bad := pre.SQL()
+			c.stats.stmtsWarmFailed.Add(1)
+			if c.hot != nil && !slices.Contains(c.cfg.warmDeclared, bad) {
+				c.hot.forget(bad)
+			}
+			c.cfg.logEvent(slog.LevelDebug, "warmpg: a statement failed to prepare; skipped", "error", err)
+			list = slices.DeleteFunc(slices.Clone(list), func(s string) bool { return s == bad })
+		case err != nil && !errors.As(err, &pre) && errors.As(err, &pgErr):
+			// The server refused something else (pgx deallocating
+			// statements it had invalidated): this connection warms no
+			// more, the next ones will try again.
+			c.stats.stmtsWarmFailed.Add(int64(len(list)))
+			c.cfg.logEvent(slog.LevelDebug, "warmpg: statements not warmed on a new connection", "error", err)
+			return nil
+		default:
+			// No error (pgx ran the batch) or one pgx v5.12 does not
+			// give: stop warming on this connector.
+			c.stats.stmtsWarmFailed.Add(int64(len(list)))
+			if !c.warmOff.Swap(true) {
+				c.cfg.logEvent(slog.LevelWarn, errWarmUnexpected.Error(), "error", err)
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// warmState is the Connector's statement warming state.
+type warmState struct {
+	hot     *hotStmts   // nil: nothing learned (off, or pool_pgbouncer)
+	warmOff atomic.Bool // pgx answered a warming batch unexpectedly
+}
+
+// initWarm sets up learning when statement warming is on.
+func (c *Connector) initWarm() {
+	if c.cfg.warmStmts > 0 && !c.cfg.pgbouncer {
+		c.hot = newHotStmts(c.cfg.warmStmts)
+	}
+}
