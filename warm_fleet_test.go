@@ -66,7 +66,7 @@ func (w *windowConnector) Connect(ctx context.Context) (driver.Conn, error) {
 
 func (w *windowConnector) Driver() driver.Driver { return fakeDriver{} }
 
-// WarmDB dials in a window that starts at 8 and grows as connects end in
+// WarmDB dials in a window that starts at 4 and grows as connects end in
 // good time (issue 19, 1): before, it started pool_warm_parallelism dials at
 // once — all 60 of a 60-connection pool at the default 64.
 func TestWarmDBGrowsDialWindow(t *testing.T) {
@@ -86,7 +86,7 @@ func TestWarmDBGrowsDialWindow(t *testing.T) {
 		t.Errorf("%d connects started with more than %d in flight before any had ended (peak %d in flight)",
 			n, warmFirstWindow, w.peak.Load())
 	}
-	// The window still grows: 8, then 16, 32... (all connects equally fast).
+	// The window still grows: 4, then 8, 16... (all connects equally fast).
 	if p := w.peak.Load(); p <= warmFirstWindow {
 		t.Errorf("peak %d dials in flight: the window never grew past %d", p, warmFirstWindow)
 	}
@@ -207,7 +207,7 @@ func TestWarmDBStopsWhenServerFull(t *testing.T) {
 		return db
 	}
 
-	// A server already full refuses the first window's 8 dials, all at
+	// A server already full refuses the first window's 4 dials, all at
 	// once; the first refusal stops WarmDB before it dials again.
 	w := &windowConnector{delay: 20 * time.Millisecond, slots: 0, first: warmFirstWindow}
 	rep, err := WarmDB(context.Background(), open(w))
