@@ -266,7 +266,6 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	trace, _ := ctx.Value(warmTraceKey{}).(*warmTrace)
 	note := func(e dialEnd) {
 		inFlight--
-		now := time.Now()
 		if e.r == dialOK && !e.reused {
 			win.connected(e.began, e.took)
 		}
@@ -277,7 +276,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			mu.Lock()
 			h := warmed
 			mu.Unlock()
-			trace.Ends = append(trace.Ends, traceEnd{At: now.Sub(start), Took: e.took, R: e.r, Window: win.size, Held: h})
+			trace.Ends = append(trace.Ends, traceEnd{At: time.Since(start), Took: e.took, R: e.r, Window: win.size, Held: h})
 		}
 	}
 	for i := 0; i < n; i++ {
