@@ -63,13 +63,16 @@ func (r WarmReport) String() string {
 // pool count), dialling at most pool_warm_parallelism at a time, within ctx
 // and pool_warm_timeout, then returns them all to the pool. A count above the
 // DB's MaxOpenConns is refused, since it could never be held at once.
-// It starts with 8 dials, lets one more start for each that ends in good
-// time (at most twice the fastest), and halves the window when connects slow
-// down (a server busy with connects), so that pools of a fleet starting
-// together share the server's slots rather than the first to dial taking
-// them all. At the server's first "too many clients" answer (SQLSTATE 53300)
-// it dials no more: the dials in flight finish, WarmReport.ServerFull is set
-// and the connections not dialled fail with ErrWarmServerFull.
+// It starts with 4 dials; once one has connected, each connect about as fast
+// as the fastest since (at most 12.5% slower) lets one more start, doubling
+// the window every connect time, and a slower one (a server busy with
+// connects) puts it back to 4, from where it grows more slowly. So the pools
+// of a fleet starting together against a server that cannot hold them all
+// each keep a few dials in flight and share its slots, rather than the first
+// to dial taking them all. At the server's first "too many clients" answer
+// (SQLSTATE 53300) it dials no more and does not retry: the dials already
+// in flight (at most the window) finish, WarmReport.ServerFull is set and
+// the connections not dialled fail with ErrWarmServerFull.
 //
 // Warming never makes the application wait for a connection. On a pool with
 // a MaxOpenConns limit, WarmDB asks for a connection only while one is free,
@@ -246,11 +249,11 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		mu.Unlock()
 	}
 	// Dials start in a small window that grows while connects stay fast
-	// and shrinks when they slow down (see dialWindow). Alone on a server a
-	// pool fills about as fast as with p at once: a few dials in flight
-	// already keep a server busy. A fleet of instances starting together
-	// against a scarce server share its slots, instead of the first to
-	// dial taking them all.
+	// and falls back when they slow down (see dialWindow). Alone on a
+	// server whose CPUs bound the connects a pool fills about as fast as
+	// with p at once: a few dials in flight already keep it busy. A fleet
+	// of instances starting together against a scarce server share its
+	// slots, instead of the first to dial taking them all.
 	win := newDialWindow(cfg, p)
 	results := make(chan dialEnd, n)
 	var (
@@ -260,13 +263,20 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 		peak     atomic.Int32
 		full     bool
 	)
+	trace, _ := ctx.Value(warmTraceKey{}).(*warmTrace)
 	note := func(e dialEnd) {
 		inFlight--
-		if e.r != dialSkipped {
-			win.ended(e.took, e.reused, time.Now())
+		if e.r == dialOK && !e.reused {
+			win.connected(e.began, e.took)
 		}
 		if e.r == dialFull && !cfg.warmIgnoreFull {
 			full = true
+		}
+		if trace != nil {
+			mu.Lock()
+			h := warmed
+			mu.Unlock()
+			trace.Ends = append(trace.Ends, traceEnd{At: time.Since(start), Took: e.took, R: e.r, Window: win.size, Held: h})
 		}
 	}
 	for i := 0; i < n; i++ {
@@ -325,9 +335,9 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			if err != nil {
 				fail(err)
 				if serverFull(err) {
-					results <- dialEnd{dialFull, took, reused}
+					results <- dialEnd{dialFull, began, took, reused}
 				} else {
-					results <- dialEnd{dialFailed, took, reused}
+					results <- dialEnd{dialFailed, began, took, reused}
 				}
 				return
 			}
@@ -338,7 +348,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 				recordFailure(fails, &order, ErrWarmYielded)
 				mu.Unlock()
 				conn.Close()
-				results <- dialEnd{dialOK, took, reused}
+				results <- dialEnd{dialOK, began, took, reused}
 				return
 			}
 			warmed++
@@ -348,7 +358,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 			if progressStep(now, n) && now < n {
 				cfg.logEvent(slog.LevelDebug, "warmpg: warming", "warmed", now, "requested", n, "elapsed", time.Since(start))
 			}
-			results <- dialEnd{dialOK, took, reused}
+			results <- dialEnd{dialOK, began, took, reused}
 		}()
 	}
 	wg.Wait()
@@ -379,22 +389,43 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 }
 
 // warmFirstWindow is how many connections WarmDB dials at first (or
-// pool_warm_parallelism if lower); see dialWindow.
-const warmFirstWindow = 8
+// pool_warm_parallelism if lower), and goes back to when connects slow
+// down; see dialWindow.
+const warmFirstWindow = 4
 
-// dialWindow is how many dials warm may have in flight: it starts at first
-// and, like TCP's slow start, each dial that ends in good time lets one more
-// start (the window doubles every connect time), up to p. A dial that took
-// more than twice the fastest one is a server busy with connects (a fork
-// and an authentication each): more in flight would only queue there, and
-// take the server's slots from other clients starting at the same time,
-// so the window halves, at most once per such connect time, down to first.
-// Instances of a fleet that start together all see the busy server, fall
-// back to first, and claim its slots at about the same pace.
+// fastSlack: a connect is fast if it took at most the fastest one plus a
+// fastSlack-th of it (12.5%); see dialWindow.
+const fastSlack = 8
+
+// dialWindow is how many dials warm may have in flight.
+//
+// It starts at first (4) and stays there until one of warm's connects has
+// ended. Those first dials' times say where they stood in the server's
+// queue when this WarmDB began — the first instance of a fleet to start
+// finds the server idle, the last finds it busy with the others' dials —
+// not what a connect costs once everyone dials, so they do not count.
+//
+// From then on, like TCP's congestion window: each connect that is fast
+// (at most 12.5% slower than the fastest that began after the first
+// ended) lets one more dial start, so the window doubles every connect
+// time up to p (slow start); a slower one means the server is busy with
+// connects (each a fork and an authentication), where more dials in flight
+// only queue: the window goes back to first, and from half the window it
+// had, it grows by one per window of fast connects (congestion avoidance).
+//
+// Why so: when a fleet's pools ask for more than the server has, what an
+// instance holds when the server fills is about its share of the dials in
+// flight. Every instance sees the same busy server (only the first wave
+// sees it differently, and does not count), so all keep first in flight
+// and get about the same share. Alone on a server that keeps up, connects
+// stay fast and the window grows as before; on one that does not, more in
+// flight would not have been faster.
 type dialWindow struct {
 	first, p, size int
-	fastest        time.Duration // the fastest dial so far; 0: none yet
-	halved         time.Time     // when the window last halved
+	firstEnd       time.Time     // when the first connect ended; zero: none yet
+	fastest        time.Duration // the fastest connect that began after firstEnd
+	threshold      int           // slow start below it, +1 per window above; 0: none
+	credit         int           // fast connects towards the next +1 above threshold
 }
 
 func newDialWindow(cfg *config, p int) *dialWindow {
@@ -406,30 +437,54 @@ func newDialWindow(cfg *config, p int) *dialWindow {
 	return &dialWindow{first: w, p: p, size: w}
 }
 
-// ended notes a dial that took took and ended at now; reused: it probably
-// got an idle connection of the pool, not a new one.
-func (w *dialWindow) ended(took time.Duration, reused bool, now time.Time) {
-	if reused {
-		// An idle connection of the pool: one more may start.
-		w.size = min(w.p, w.size+1)
-		return
+// connected notes a new connection whose connect began at began and took
+// took. (Failed dials and idle connections the pool handed out say nothing
+// of the server's connect time.)
+func (w *dialWindow) connected(began time.Time, took time.Duration) {
+	if w.firstEnd.IsZero() {
+		w.firstEnd = began.Add(took)
+	}
+	if began.Before(w.firstEnd) {
+		return // one of the first dials
 	}
 	if w.fastest == 0 || took < w.fastest {
 		w.fastest = max(took, time.Microsecond)
 	}
-	if took <= 2*w.fastest {
-		w.size = min(w.p, w.size+1)
+	if took <= w.fastest+w.fastest/fastSlack {
+		if w.threshold == 0 || w.size < w.threshold {
+			w.size = min(w.p, w.size+1)
+		} else if w.credit++; w.credit >= w.size {
+			w.credit = 0
+			w.size = min(w.p, w.size+1)
+		}
 		return
 	}
-	if now.Sub(w.halved) >= took {
-		w.size = max(w.first, w.size/2)
-		w.halved = now
-	}
+	w.threshold = max(w.first, w.size/2)
+	w.credit = 0
+	w.size = w.first
 }
 
-// dialEnd is how one of warm's dials ended, and how long it took.
+// warmTrace records how warm's dials ended, for the fleet measurement: a
+// test puts a *warmTrace in WarmDB's context under warmTraceKey.
+type warmTrace struct{ Ends []traceEnd }
+
+type warmTraceKey struct{}
+
+// traceEnd is one dial's end as warm noted it: when (since WarmDB began),
+// how long it took, how it ended, the window after it and how many
+// connections warm held then.
+type traceEnd struct {
+	At, Took time.Duration
+	R        dialResult
+	Window   int
+	Held     int
+}
+
+// dialEnd is how one of warm's dials ended, when it began and how long it
+// took.
 type dialEnd struct {
 	r      dialResult
+	began  time.Time
 	took   time.Duration
 	reused bool // one of the first requests, while the pool had idle ones
 }

@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -64,7 +66,7 @@ func (w *windowConnector) Connect(ctx context.Context) (driver.Conn, error) {
 
 func (w *windowConnector) Driver() driver.Driver { return fakeDriver{} }
 
-// WarmDB dials in a window that starts at 8 and grows as connects end in
+// WarmDB dials in a window that starts at 4 and grows as connects end in
 // good time (issue 19, 1): before, it started pool_warm_parallelism dials at
 // once — all 60 of a 60-connection pool at the default 64.
 func TestWarmDBGrowsDialWindow(t *testing.T) {
@@ -84,7 +86,7 @@ func TestWarmDBGrowsDialWindow(t *testing.T) {
 		t.Errorf("%d connects started with more than %d in flight before any had ended (peak %d in flight)",
 			n, warmFirstWindow, w.peak.Load())
 	}
-	// The window still grows: 8, then 16, 32... (all connects equally fast).
+	// The window still grows: 4, then 8, 16... (all connects equally fast).
 	if p := w.peak.Load(); p <= warmFirstWindow {
 		t.Errorf("peak %d dials in flight: the window never grew past %d", p, warmFirstWindow)
 	}
@@ -105,56 +107,85 @@ func TestWarmDBGrowsDialWindow(t *testing.T) {
 	}
 }
 
-// The window: one more per dial that took at most twice the fastest, halved
-// (down to the first window, at most once per slow connect's time) by a
-// slower one.
+// The window, step by step (issue 19, 1): the first dials' times do not
+// count (before, the first connect of the first instance to start, on an
+// idle server, became "the fastest" and held that instance at the first
+// window for good while the others grew); then one more per fast connect
+// (at most 1/fastSlack slower than the fastest since); a slower one puts
+// it back to the first window, and above half the window it had it grows
+// by one per window of fast connects.
 func TestDialWindow(t *testing.T) {
+	const first = warmFirstWindow
 	w := newDialWindow(&config{}, 60)
-	if w.size != warmFirstWindow {
-		t.Fatalf("first window %d, want %d", w.size, warmFirstWindow)
+	if w.size != first {
+		t.Fatalf("first window %d, want %d", w.size, first)
 	}
-	now := time.Unix(1000, 0)
+	t0 := time.Unix(1000, 0)
 	ms := time.Millisecond
-	for range 8 {
-		w.ended(10*ms, false, now) // the first wave: each lets two more start
+	// The first wave began at t0. Its first connect took 10ms (an idle
+	// server), the others longer (the rest of a fleet arrived): none moves
+	// the window, and none is the fastest.
+	for i := range first {
+		w.connected(t0, time.Duration(10+300*i)*ms)
 	}
-	if w.size != 16 {
-		t.Fatalf("after 8 fast connects: %d, want 16", w.size)
+	// A dial that began before the first ended is of the first wave too.
+	w.connected(t0.Add(9*ms), 50*ms)
+	if w.size != first || w.fastest != 0 {
+		t.Fatalf("after the first wave: window %d, fastest %s; want %d, none", w.size, w.fastest, first)
 	}
-	w.ended(20*ms, false, now) // twice the fastest: still good time
-	if w.size != 17 {
-		t.Fatalf("after a connect at 2x: %d, want 17", w.size)
+	// Dials that began after the first connect ended: slow start, one
+	// more per connect up to 1/fastSlack slower than the fastest.
+	t1 := t0.Add(20 * ms)
+	w.connected(t1, 800*ms)
+	w.connected(t1, 800*ms+800*ms/fastSlack)
+	if w.size != first+2 || w.fastest != 800*ms {
+		t.Fatalf("after two fast connects: window %d, fastest %s; want %d, 800ms", w.size, w.fastest, first+2)
 	}
-	w.ended(25*ms, false, now) // slow: halve
-	w.ended(25*ms, false, now.Add(ms))
-	if w.size != 8 {
-		t.Fatalf("after slow connects: %d, want 17/2 = 8, halved once within 25ms", w.size)
+	for range 20 {
+		w.connected(t1, 700*ms)
 	}
-	w.ended(30*ms, false, now.Add(30*ms))
-	if w.size != 8 {
-		t.Fatalf("halved below the first window: %d", w.size)
+	if w.size != first+22 || w.fastest != 700*ms {
+		t.Fatalf("after 22 fast connects: window %d, fastest %s; want %d, 700ms", w.size, w.fastest, first+22)
 	}
-	for range 100 {
-		w.ended(10*ms, false, now)
+	// Slower: back to the first window, however wide it was.
+	w.connected(t1, 700*ms+700*ms/fastSlack+ms)
+	if w.size != first || w.threshold != (first+22)/2 {
+		t.Fatalf("after a slow connect: window %d, threshold %d; want %d, %d", w.size, w.threshold, first, (first+22)/2)
+	}
+	// Slow start again up to the threshold, then one per window.
+	for range w.threshold - first {
+		w.connected(t1, 700*ms)
+	}
+	if w.size != w.threshold {
+		t.Fatalf("slow start again: window %d, want the threshold %d", w.size, w.threshold)
+	}
+	at := w.size
+	for range at - 1 {
+		w.connected(t1, 700*ms)
+	}
+	if w.size != at {
+		t.Fatalf("above the threshold: window %d after %d fast connects, want %d", w.size, at-1, at)
+	}
+	w.connected(t1, 700*ms)
+	if w.size != at+1 {
+		t.Fatalf("above the threshold: window %d after %d fast connects, want %d", w.size, at, at+1)
+	}
+	for range 2000 {
+		w.connected(t1, 700*ms)
 	}
 	if w.size != 60 {
 		t.Fatalf("window %d, want at most p=60", w.size)
 	}
-	// An idle connection handed out in a microsecond widens the window
-	// and is not the fastest connect.
-	w = newDialWindow(&config{}, 60)
-	w.ended(time.Microsecond, true, now)
-	w.ended(10*ms, false, now)
-	w.ended(20*ms, false, now)
-	if w.size != 11 || w.fastest != 10*ms {
-		t.Errorf("after a reuse and two connects: window %d, fastest %s; want 11, 10ms", w.size, w.fastest)
-	}
-	// pool_warm_parallelism below 8, and the old way.
+	// pool_warm_parallelism below the first window, and the old way.
 	if w := newDialWindow(&config{}, 3); w.size != 3 {
 		t.Errorf("p=3: first window %d", w.size)
 	}
-	if w := newDialWindow(&config{warmRamp: MaxWarmParallelism}, 60); w.size != 60 {
-		t.Errorf("all at once: first window %d, want 60", w.size)
+	w = newDialWindow(&config{warmRamp: MaxWarmParallelism}, 60)
+	w.connected(t0, ms)
+	w.connected(t0.Add(2*ms), ms)
+	w.connected(t0.Add(2*ms), 10*ms)
+	if w.size != 60 {
+		t.Errorf("all at once: window %d, want 60 throughout", w.size)
 	}
 }
 
@@ -176,7 +207,7 @@ func TestWarmDBStopsWhenServerFull(t *testing.T) {
 		return db
 	}
 
-	// A server already full refuses the first window's 8 dials, all at
+	// A server already full refuses the first window's 4 dials, all at
 	// once; the first refusal stops WarmDB before it dials again.
 	w := &windowConnector{delay: 20 * time.Millisecond, slots: 0, first: warmFirstWindow}
 	rep, err := WarmDB(context.Background(), open(w))
@@ -264,6 +295,8 @@ func withWarmAllAtOnce() Option {
 var (
 	fleetRun     = flag.Bool("warmpg.fleet", false, "run TestFleetWarm: six pools of 60 warming at once against max_connections=300, old way and new (about a minute)")
 	fleetRounds  = flag.Int("warmpg.fleet.rounds", 5, "TestFleetWarm: rounds of each way, interleaved")
+	fleetOld     = flag.Bool("warmpg.fleet.old", true, "TestFleetWarm: also measure the old way (all at once)")
+	fleetTrace   = flag.Bool("warmpg.fleet.trace", false, "TestFleetWarm: log each instance's dials of the new way: window, connect times, first 53300")
 	fleetStagger = flag.Duration("warmpg.fleet.stagger", 3*time.Millisecond, "TestFleetWarm: delay between the instances' starts")
 )
 
@@ -296,6 +329,9 @@ func TestFleetWarm(t *testing.T) {
 	for round := range *fleetRounds {
 		for wi := range ways {
 			way := ways[(wi+round)%len(ways)] // alternate which goes first
+			if way.opts != nil && !*fleetOld {
+				continue
+			}
 			app := fmt.Sprintf("warmpg_fleet_%d", round)
 			dbs := make([]*sql.DB, instances)
 			for i := range dbs {
@@ -308,13 +344,15 @@ func TestFleetWarm(t *testing.T) {
 			}
 			reps := make([]WarmReport, instances)
 			errs := make([]error, instances)
+			traces := make([]*warmTrace, instances)
 			var wg sync.WaitGroup
 			for i, db := range dbs {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
 					time.Sleep(time.Duration(i) * *fleetStagger)
-					reps[i], errs[i] = WarmDB(ctx, db)
+					traces[i] = &warmTrace{}
+					reps[i], errs[i] = WarmDB(context.WithValue(ctx, warmTraceKey{}, traces[i]), db)
 				}()
 			}
 			wg.Wait()
@@ -337,6 +375,11 @@ func TestFleetWarm(t *testing.T) {
 				round, way.name, warmed, sum, sorted[0], full, took)
 			if way.opts == nil {
 				minNew = min(minNew, sorted[0])
+				if *fleetTrace {
+					for i, tr := range traces {
+						t.Logf("  instance %d: %s", i, tr.summary())
+					}
+				}
 			}
 			for _, db := range dbs {
 				db.Close()
@@ -354,23 +397,39 @@ func TestFleetWarm(t *testing.T) {
 
 // BenchmarkWarmWindow is one instance's WarmDB(60) alone on a server, the
 // new way (a growing window) against the old (all 60 at once), interleaved
-// in each iteration, over loopback and at 5 ms injected round-trip time,
-// as the scram password role with sslmode=prefer (4 round trips a connect).
-// It reports both times in ms and new/old (issue 19's target: <= 1.2).
+// in each iteration: over loopback and at 5 ms injected round-trip time as
+// the scram password role with sslmode=prefer (4 round trips a connect),
+// where the CPUs bound the time, and at 20 ms as a trusted role without
+// TLS, where the round trips do. It reports both times in ms and new/old
+// (issue 19's target: <= 1.2).
 //
-//	go test -run '^$' -bench BenchmarkWarmWindow -benchtime 10x .
+//	go test -run '^$' -bench BenchmarkWarmWindow -benchtime 6x .
 func BenchmarkWarmWindow(b *testing.B) {
-	srv := pgtest.Get(b).WithPasswordUser(b)
+	base := pgtest.Get(b)
+	srv := base.WithPasswordUser(b)
 	proxy, err := pgproxy.New(srv.Addr(), pgproxy.WithLatency(5*time.Millisecond), pgproxy.WithSpin(0))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer proxy.Close()
+	far, err := pgproxy.New(srv.Addr(), pgproxy.WithLatency(20*time.Millisecond), pgproxy.WithSpin(0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer far.Close()
 	const n = 60
-	for _, path := range []struct{ name, addr string }{{"loopback", srv.Addr()}, {"rtt=5ms", proxy.Addr()}} {
+	for _, path := range []struct {
+		name, addr string
+		srv        *pgtest.Server
+		ssl        string
+	}{
+		{"loopback", srv.Addr(), srv, "sslmode=prefer"},
+		{"rtt=5ms", proxy.Addr(), srv, "sslmode=prefer"},
+		{"trust,rtt=20ms", far.Addr(), base, "sslmode=disable"},
+	} {
 		b.Run(path.name, func(b *testing.B) {
-			app := "warmpg_bench_window_" + strings.ReplaceAll(path.name, "=", "")
-			dsn := strings.Replace(srv.URL("application_name="+app, "sslmode=prefer", fmt.Sprintf("pool_max_conns=%d", n)), srv.Addr(), path.addr, 1)
+			app := "warmpg_bench_window_" + strings.NewReplacer("=", "", ",", "_").Replace(path.name)
+			dsn := strings.Replace(path.srv.URL("application_name="+app, path.ssl, fmt.Sprintf("pool_max_conns=%d", n)), srv.Addr(), path.addr, 1)
 			ways := [][]Option{{withWarmAllAtOnce()}, nil}
 			var sum [2]time.Duration
 			ctx := context.Background()
@@ -399,5 +458,239 @@ func BenchmarkWarmWindow(b *testing.B) {
 			b.ReportMetric(ms(sum[1]), "new-ms")
 			b.ReportMetric(float64(sum[1])/float64(sum[0]), "new/old")
 		})
+	}
+}
+
+// summary is one WarmDB's dials in a line: the window and what was held
+// every 50 ms, the connect times' quartiles, and when the first 53300 came.
+func (tr *warmTrace) summary() string {
+	var b strings.Builder
+	var took []time.Duration
+	next := time.Duration(0)
+	full := -1
+	for i, e := range tr.Ends {
+		if e.R == dialOK {
+			took = append(took, e.Took)
+		}
+		if e.R == dialFull && full < 0 {
+			full = i
+		}
+		if e.At >= next {
+			fmt.Fprintf(&b, "%dms:w%d/h%d ", e.At.Milliseconds(), e.Window, e.Held)
+			next = e.At + 50*time.Millisecond
+		}
+	}
+	slices.Sort(took)
+	if len(took) > 0 {
+		q := func(f float64) time.Duration { return took[int(f*float64(len(took)-1))].Round(time.Millisecond / 10) }
+		fmt.Fprintf(&b, "| took min %s q1 %s med %s q3 %s max %s ", q(0), q(0.25), q(0.5), q(0.75), q(1))
+	}
+	if full >= 0 {
+		e := tr.Ends[full]
+		fmt.Fprintf(&b, "| first 53300 at %dms holding %d, window %d", e.At.Milliseconds(), e.Held, e.Window)
+	}
+	return b.String()
+}
+
+// fleetModel is a model of a server that a fleet of WarmDB calls dial at
+// once, in virtual time, to test the dial window's policy deterministically.
+// Like PostgreSQL's postmaster it starts backends one at a time, in arrival
+// order (fork CPU each); a backend takes a slot as it starts, or the connect
+// is refused with 53300 if none is left; then it needs work CPU (the
+// authentication), and all that is runnable shares the server's cores; the
+// client sees the answer after round trips.
+type fleetModel struct {
+	name    string
+	slots   int
+	cores   int
+	fork    time.Duration // postmaster CPU per connect, one at a time
+	work    time.Duration // backend CPU per connect
+	jitter  float64       // work varies by ±jitter (seeded: deterministic)
+	rtt     time.Duration
+	stagger time.Duration // between the instances' starts
+}
+
+type modelDial struct {
+	inst          int
+	start, arrive time.Duration
+	forkLeft      float64 // fork work left, ns
+	left          float64 // backend work left, ns
+	served        bool    // started as a backend, holding a slot
+	done          time.Duration
+	refused       bool
+}
+
+// run has `instances` WarmDB loops of n each dial against the model with
+// the window newWin returns, the way warm does (start dials while fewer
+// than the window are in flight, none after a 53300), and returns how many
+// each holds at the end, and when the last answer came.
+func (m fleetModel) run(instances, n int, seed uint64, newWin func() *dialWindow) ([]int, time.Duration) {
+	rng := rand.New(rand.NewPCG(seed, 19))
+	type inst struct {
+		win                     *dialWindow
+		started, inFlight, held int
+		full                    bool
+	}
+	insts := make([]*inst, instances)
+	var dials []*modelDial // not yet answered, in start order
+	var now time.Duration
+	base := time.Unix(1_000_000, 0)
+	used := 0 // slots held
+	launch := func(i int) {
+		in := insts[i]
+		for !in.full && in.started < n && in.inFlight < in.win.size {
+			in.started++
+			in.inFlight++
+			w := float64(m.work) * (1 + m.jitter*(2*rng.Float64()-1))
+			dials = append(dials, &modelDial{inst: i, start: now, arrive: now + m.rtt/2, forkLeft: float64(m.fork), left: w, done: -1})
+		}
+	}
+	const never = time.Duration(1<<62 - 1)
+	begun := 0
+	for {
+		next := never
+		if begun < instances {
+			next = time.Duration(begun) * m.stagger
+		}
+		// Runnable: the backends authenticating and the postmaster while a
+		// connect waits for it (the first to arrive).
+		var forking *modelDial
+		var running []*modelDial
+		for _, d := range dials {
+			switch {
+			case d.done >= 0:
+				next = min(next, d.done)
+			case d.served:
+				running = append(running, d)
+			case d.arrive > now:
+				next = min(next, d.arrive)
+			case forking == nil || d.arrive < forking.arrive:
+				forking = d
+			}
+		}
+		runnable := len(running)
+		if forking != nil {
+			runnable++
+		}
+		rate := 1.0
+		if runnable > m.cores {
+			rate = float64(m.cores) / float64(runnable)
+		}
+		for _, d := range running {
+			next = min(next, now+time.Duration(math.Ceil(d.left/rate)))
+		}
+		if forking != nil {
+			next = min(next, now+time.Duration(math.Ceil(forking.forkLeft/rate)))
+		}
+		if next == never {
+			break
+		}
+		for _, d := range running {
+			d.left -= rate * float64(next-now)
+		}
+		if forking != nil {
+			forking.forkLeft -= rate * float64(next-now)
+		}
+		now = next
+		if begun < instances && time.Duration(begun)*m.stagger == now {
+			insts[begun] = &inst{win: newWin()}
+			begun++
+			launch(begun - 1)
+		}
+		if forking != nil && forking.forkLeft <= 0.5 {
+			if used >= m.slots {
+				forking.refused, forking.done = true, now+m.rtt/2
+			} else {
+				forking.served = true
+				used++
+			}
+		}
+		keep := dials[:0]
+		var answered []*modelDial
+		for _, d := range dials {
+			switch {
+			case d.served && d.done < 0 && d.left <= 0.5:
+				d.done = now + m.rtt*7/2 // the authentication's round trips
+			case d.done >= 0 && d.done <= now:
+				answered = append(answered, d)
+				continue
+			}
+			keep = append(keep, d)
+		}
+		dials = keep
+		for _, d := range answered {
+			in := insts[d.inst]
+			in.inFlight--
+			if d.refused {
+				in.full = true
+			} else {
+				in.held++
+				in.win.connected(base.Add(d.start), d.done-d.start)
+			}
+		}
+		for i := range begun {
+			launch(i)
+		}
+	}
+	held := make([]int, instances)
+	for i, in := range insts {
+		held[i] = in.held
+	}
+	return held, now
+}
+
+// TestDialWindowFleetModel runs the dial window of six instances of 60
+// against a model of a server with 297 slots, in virtual time (no clock,
+// no flake): every instance must warm at least 40 (issue 19, 1) where the
+// server's CPUs bound the connects, as on the machine TestFleetWarm runs
+// on — whatever the delay between the instances' starts, for 8 seeds of
+// the connects' jitter. Before, the first instance to start measured an
+// idle server's connect as "the fastest", judged every later one slow and
+// stayed at its first window while the others grew: 36-40 here, 27 in
+// TestFleetWarm. Where the round trips bound the connects (a server with
+// many CPUs, far away), connects do not slow down before the server is
+// full, every window grows alike and the instances that start later get
+// less (logged, not asserted; docs/fleet.md says so); so is how long one
+// instance alone takes against all dials at once.
+func TestDialWindowFleetModel(t *testing.T) {
+	type model struct {
+		fleetModel
+		fair bool // asserted: every instance at least 40
+	}
+	var models []model
+	for _, st := range []time.Duration{0, time.Millisecond, 3 * time.Millisecond, 10 * time.Millisecond} {
+		models = append(models,
+			model{fleetModel{name: "2cpu", slots: 297, cores: 2, work: 30 * time.Millisecond, jitter: 0.3, rtt: 100 * time.Microsecond, stagger: st}, true},
+			model{fleetModel{name: "2cpu-fork", slots: 297, cores: 2, fork: 5 * time.Millisecond, work: 30 * time.Millisecond, jitter: 0.3, rtt: 100 * time.Microsecond, stagger: st}, true},
+			model{fleetModel{name: "2cpu-fast", slots: 297, cores: 2, fork: 300 * time.Microsecond, work: 3 * time.Millisecond, jitter: 0.3, rtt: 100 * time.Microsecond, stagger: st}, true},
+			model{fleetModel{name: "16cpu-rtt5", slots: 297, cores: 16, fork: 300 * time.Microsecond, work: 5 * time.Millisecond, jitter: 0.3, rtt: 5 * time.Millisecond, stagger: st}, false},
+			model{fleetModel{name: "64cpu-rtt20", slots: 297, cores: 64, fork: 300 * time.Microsecond, work: 3 * time.Millisecond, jitter: 0.3, rtt: 20 * time.Millisecond, stagger: st}, false},
+		)
+	}
+	for _, m := range models {
+		worst := []int{60}
+		for seed := range uint64(8) {
+			held, _ := m.run(6, 60, seed, func() *dialWindow { return newDialWindow(&config{}, 60) })
+			if slices.Min(held) < slices.Min(worst) {
+				worst = held
+			}
+		}
+		if m.fair && slices.Min(worst) < 40 {
+			t.Errorf("%s, starts %s apart: an instance warmed %d (worst of 8: %v); want at least 40 each", m.name, m.stagger, slices.Min(worst), worst)
+		} else {
+			t.Logf("%-11s starts %-4s apart: worst of 8 %v", m.name, m.stagger, worst)
+		}
+	}
+	for _, m := range models[:5] {
+		m.slots = 1000
+		var sum [2]time.Duration
+		for seed := range uint64(8) {
+			_, a := m.run(1, 60, seed, func() *dialWindow { return newDialWindow(&config{warmRamp: MaxWarmParallelism}, 60) })
+			_, b := m.run(1, 60, seed, func() *dialWindow { return newDialWindow(&config{}, 60) })
+			sum[0] += a
+			sum[1] += b
+		}
+		t.Logf("alone, %-11s all at once %5.0fms, window %5.0fms: %.2fx", m.name,
+			float64(sum[0].Microseconds())/8000, float64(sum[1].Microseconds())/8000, float64(sum[1])/float64(sum[0]))
 	}
 }
