@@ -174,11 +174,20 @@ func BenchmarkChurn(b *testing.B) {
 	app := "warmpg_bench_churn"
 	dsn, _ := realisticURL(b, srv, 5*time.Millisecond, app)
 	vs := churnVariants(5 * time.Second)
+	lat := runChurn(b, vs, func() map[string]churnResult { return churnAll(b, srv, vs, dsn, app, *churnDuration) })
+	p99 := func(name string) float64 { return ms(pct(lat[name], 0.99)) }
+	b.ReportMetric(p99("warmpg-churn")/p99("warmpg-nochurn"), "warmpg-churn/nochurn-p99")
+	b.ReportMetric(p99("pgx-churn")/p99("warmpg-nochurn"), "pgx-churn/nochurn-p99")
+}
+
+// runChurn runs one churn per b.N iteration and reports each variant's
+// latency percentiles, slowest query and failures over them all; it returns
+// the latencies, sorted, by variant.
+func runChurn(b *testing.B, vs []churnVariant, churn func() map[string]churnResult) map[string][]time.Duration {
 	lat := map[string][]time.Duration{}
 	failed := map[string]int{}
 	for i := 0; i < b.N; i++ {
-		res := churnAll(b, srv, vs, dsn, app, *churnDuration)
-		for name, r := range res {
+		for name, r := range churn() {
 			lat[name] = append(lat[name], r.lat...)
 			failed[name] += r.failed
 		}
@@ -192,9 +201,7 @@ func BenchmarkChurn(b *testing.B) {
 		b.ReportMetric(ms(l[len(l)-1]), v.name+"-max-ms")
 		b.ReportMetric(float64(failed[v.name]), v.name+"-failed")
 	}
-	p99 := func(name string) float64 { return ms(pct(lat[name], 0.99)) }
-	b.ReportMetric(p99("warmpg-churn")/p99("warmpg-nochurn"), "warmpg-churn/nochurn-p99")
-	b.ReportMetric(p99("pgx-churn")/p99("warmpg-nochurn"), "pgx-churn/nochurn-p99")
+	return lat
 }
 
 type churnResult struct {

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"testing"
 	"time"
 
@@ -308,23 +307,7 @@ func BenchmarkChurnStatements(b *testing.B) {
 		i := rand.IntN(len(qs))
 		return runHot(ctx, db, i, qs[i])
 	}
-	lat := map[string][]time.Duration{}
-	failed := map[string]int{}
-	for i := 0; i < b.N; i++ {
-		for name, r := range churnAllOp(b, srv, vs, dsn, app, *churnDuration, op) {
-			lat[name] = append(lat[name], r.lat...)
-			failed[name] += r.failed
-		}
-	}
-	for _, v := range vs {
-		l := lat[v.name]
-		slices.Sort(l)
-		b.ReportMetric(ms(pct(l, 0.5)), v.name+"-p50-ms")
-		b.ReportMetric(ms(pct(l, 0.99)), v.name+"-p99-ms")
-		b.ReportMetric(ms(pct(l, 0.999)), v.name+"-p999-ms")
-		b.ReportMetric(ms(l[len(l)-1]), v.name+"-max-ms")
-		b.ReportMetric(float64(failed[v.name]), v.name+"-failed")
-	}
+	lat := runChurn(b, vs, func() map[string]churnResult { return churnAllOp(b, srv, vs, dsn, app, *churnDuration, op) })
 	p999 := func(name string) float64 { return ms(pct(lat[name], 0.999)) }
 	b.ReportMetric(p999("warmpg-churn")/p999("warmpg-nochurn"), "warmpg-churn/nochurn-p999")
 	b.ReportMetric(p999("warmpg-churn-nowarm")/p999("warmpg-nochurn"), "warmpg-churn-nowarm/nochurn-p999")

@@ -423,7 +423,7 @@ func TestLazyBeginDeadConnection(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	table := lazyTable(t, ctx, srv)
 	app := appName(t)
-	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true", "application_name="+app)
+	db := lazyDB(t, srv.URL, "pool_lazy_begin=true", "application_name="+app)
 	useOnce(t, ctx, db)
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -488,7 +488,7 @@ func TestLazyBeginCancelDuringFirstStatement(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := ctxT(t, 60*time.Second)
 	table := lazyTable(t, ctx, srv)
-	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true")
+	db := lazyDB(t, srv.URL, "pool_lazy_begin=true")
 	for _, d := range []time.Duration{0, time.Millisecond, 20 * time.Millisecond} {
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
@@ -629,7 +629,7 @@ func TestLazyBeginCopyFromRaw(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := ctxT(t, 60*time.Second)
 	table := lazyTable(t, ctx, srv)
-	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true")
+	db := lazyDB(t, srv.URL, "pool_lazy_begin=true")
 	for _, commit := range []bool{false, true} {
 		conn, err := db.Conn(ctx)
 		if err != nil {
@@ -748,7 +748,7 @@ func TestLazyBeginFailedUnderRaw(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	table := lazyTable(t, ctx, srv)
 	app := appName(t)
-	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true", "application_name="+app)
+	db := lazyDB(t, srv.URL, "pool_lazy_begin=true", "application_name="+app)
 	useOnce(t, ctx, db)
 	conn, err := db.Conn(ctx)
 	if err != nil {
@@ -783,7 +783,7 @@ func TestLazyBeginFailedUnderRaw(t *testing.T) {
 func TestLazyBeginSocketReachable(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := ctxT(t, 30*time.Second)
-	db := lazyDB(t, func(p ...string) string { return srv.URL(p...) }, "pool_lazy_begin=true", "sslmode=disable")
+	db := lazyDB(t, srv.URL, "pool_lazy_begin=true", "sslmode=disable")
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
