@@ -102,6 +102,11 @@ func (p *Pool) Close() error {
 //	warmpg.connections_from_ready    {connection}   handed out ready instead of dialled
 //	warmpg.reuses                    {reuse}        by warmpg.reuse.outcome: clean, pinged, rolled_back, reset, discarded
 //	warmpg.autocommit_transactions   {transaction}  transactions that sent no BEGIN
+//	warmpg.autocommit_upgrades       {transaction}  of those, the ones that later sent one
+//	warmpg.replans                   {statement}    statements sent again after a schema change broke their cached plan
+//	warmpg.lazy_transactions         {transaction}  transactions begun with pool_lazy_begin
+//	warmpg.statements.warmed         {statement}    statements new connections prepared ahead (pool_warm_statements)
+//	warmpg.statements.warm_failed    {statement}    statements that failed to prepare ahead and were skipped
 //	warmpg.connections.held_past_threshold {checkout} held past pool_leak_threshold
 //	warmpg.pool.exhaustions          {exhaustion}   times the pool was reported exhausted
 //
@@ -118,13 +123,22 @@ func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ..
 	fromReady, err3 := counter("warmpg.connections_from_ready", "{connection}", "Connections handed out from the ready store instead of dialled.")
 	reuses, err4 := counter("warmpg.reuses", "{reuse}", "Reuses of a pooled connection, by what the reset cost.")
 	autocommit, err5 := counter("warmpg.autocommit_transactions", "{transaction}", "Transactions that sent no BEGIN or COMMIT.")
-	heldPast, err6 := counter("warmpg.connections.held_past_threshold", "{checkout}", "Checkouts held past pool_leak_threshold, each counted once.")
-	exhaustions, err7 := counter("warmpg.pool.exhaustions", "{exhaustion}", "Times the pool was reported exhausted.")
-	inUse, err8 := meter.Int64ObservableGauge("warmpg.connections.in_use", metric.WithUnit("{connection}"),
+	autocommitUp, err6 := counter("warmpg.autocommit_upgrades", "{transaction}",
+		"Transactions begun without a BEGIN that later sent one, before their first statement that was not a plain read.")
+	replans, err7 := counter("warmpg.replans", "{statement}",
+		"Statements sent again, once, after the server refused a cached plan whose result columns a schema change had changed (SQLSTATE 0A000).")
+	lazy, err8 := counter("warmpg.lazy_transactions", "{transaction}",
+		"Transactions begun with pool_lazy_begin: their BEGIN went with their first statement, or was never sent.")
+	warmed, err9 := counter("warmpg.statements.warmed", "{statement}", "Statements new connections prepared ahead (pool_warm_statements).")
+	warmFailed, err10 := counter("warmpg.statements.warm_failed", "{statement}",
+		"Statements new connections failed to prepare ahead and skipped; no connect failed for them.")
+	heldPast, err11 := counter("warmpg.connections.held_past_threshold", "{checkout}", "Checkouts held past pool_leak_threshold, each counted once.")
+	exhaustions, err12 := counter("warmpg.pool.exhaustions", "{exhaustion}", "Times the pool was reported exhausted.")
+	inUse, err13 := meter.Int64ObservableGauge("warmpg.connections.in_use", metric.WithUnit("{connection}"),
 		metric.WithDescription("Connections checked out now, as warmpg counts them."))
-	oldest, err9 := meter.Float64ObservableGauge("warmpg.connections.oldest_in_use", metric.WithUnit("s"),
+	oldest, err14 := meter.Float64ObservableGauge("warmpg.connections.oldest_in_use", metric.WithUnit("s"),
 		metric.WithDescription("How long the longest holder has held its connection."))
-	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8, err9); err != nil {
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14); err != nil {
 		return nil, err
 	}
 	base := metric.WithAttributes(attrs...)
@@ -142,12 +156,18 @@ func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ..
 		o.ObserveInt64(reuses, s.Reset, outcome("reset"))
 		o.ObserveInt64(reuses, s.Discarded, outcome("discarded"))
 		o.ObserveInt64(autocommit, s.AutocommitTxs, base)
+		o.ObserveInt64(autocommitUp, s.AutocommitUpgrades, base)
+		o.ObserveInt64(replans, s.Replans, base)
+		o.ObserveInt64(lazy, s.LazyTxs, base)
+		o.ObserveInt64(warmed, s.StatementsWarmed, base)
+		o.ObserveInt64(warmFailed, s.StatementsWarmFailed, base)
 		o.ObserveInt64(heldPast, s.HeldPastThreshold, base)
 		o.ObserveInt64(exhaustions, s.Exhaustions, base)
 		o.ObserveInt64(inUse, s.InUse, base)
 		o.ObserveFloat64(oldest, s.OldestInUse.Seconds(), base)
 		return nil
-	}, connects, connectErrors, fromReady, reuses, autocommit, heldPast, exhaustions, inUse, oldest)
+	}, connects, connectErrors, fromReady, reuses, autocommit, autocommitUp, replans, lazy, warmed, warmFailed,
+		heldPast, exhaustions, inUse, oldest)
 }
 
 // PgxConn returns the *pgx.Conn under a driver connection handed to

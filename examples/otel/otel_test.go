@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -553,5 +554,127 @@ func TestOtelsqlOpenByDriverName(t *testing.T) {
 	}
 	if n, err := srv.WaitBackendCount(ctx, app, 0); err != nil {
 		t.Errorf("%d backends left after Close: %v", n, err)
+	}
+}
+
+// Every field of warmpg.Counters is exported by RegisterCounters, each
+// under its own metric: the fields are found by reflection, so a field
+// added to Counters later fails this test until RegisterCounters exports it
+// (and the table below names where).
+func TestRegisterCountersExportsEveryCounter(t *testing.T) {
+	// Where each field goes: instrument name and warmpg.reuse.outcome (if
+	// any). A gauge says what it is now; everything else is a monotonic sum.
+	want := map[string]struct {
+		metric string
+		gauge  bool
+	}{
+		"Connects":             {metric: "warmpg.connects"},
+		"ConnectErrors":        {metric: "warmpg.connect_errors"},
+		"Clean":                {metric: "warmpg.reuses{clean}"},
+		"Pinged":               {metric: "warmpg.reuses{pinged}"},
+		"RolledBack":           {metric: "warmpg.reuses{rolled_back}"},
+		"Reset":                {metric: "warmpg.reuses{reset}"},
+		"Discarded":            {metric: "warmpg.reuses{discarded}"},
+		"AutocommitTxs":        {metric: "warmpg.autocommit_transactions"},
+		"AutocommitUpgrades":   {metric: "warmpg.autocommit_upgrades"},
+		"FromReady":            {metric: "warmpg.connections_from_ready"},
+		"Replans":              {metric: "warmpg.replans"},
+		"LazyTxs":              {metric: "warmpg.lazy_transactions"},
+		"StatementsWarmed":     {metric: "warmpg.statements.warmed"},
+		"StatementsWarmFailed": {metric: "warmpg.statements.warm_failed"},
+		"InUse":                {metric: "warmpg.connections.in_use", gauge: true},
+		"OldestInUse":          {metric: "warmpg.connections.oldest_in_use", gauge: true},
+		"HeldPastThreshold":    {metric: "warmpg.connections.held_past_threshold"},
+		"Exhaustions":          {metric: "warmpg.pool.exhaustions"},
+	}
+
+	// Field i gets i+100 (seconds for a duration): no two fields alike.
+	var s warmpg.Counters
+	v := reflect.ValueOf(&s).Elem()
+	durationType := reflect.TypeFor[time.Duration]()
+	values := map[float64]string{} // value -> field
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		n := int64(i + 100)
+		switch {
+		case f.Type == durationType:
+			v.Field(i).SetInt(n * int64(time.Second))
+		case f.Type.Kind() == reflect.Int64:
+			v.Field(i).SetInt(n)
+		default:
+			t.Fatalf("Counters.%s is a %s: teach this test (and RegisterCounters) its unit", f.Name, f.Type)
+		}
+		values[float64(n)] = f.Name
+	}
+
+	tel := newTelemetry(t)
+	orders := attribute.String("db.namespace", "orders")
+	reg, err := otelexample.RegisterCounters(tel.mp.Meter("test"), func() warmpg.Counters { return s }, orders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Unregister()
+	var rm metricdata.ResourceMetrics
+	if err := tel.reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+
+	type sample struct {
+		metric string
+		gauge  bool
+	}
+	got := map[string][]sample{} // field -> data points carrying its value
+	add := func(name string, attrs attribute.Set, val float64, gauge bool) {
+		id := name
+		if o, ok := attrs.Value("warmpg.reuse.outcome"); ok {
+			id += "{" + o.AsString() + "}"
+		}
+		if ns, ok := attrs.Value("db.namespace"); !ok || ns.AsString() != "orders" {
+			t.Errorf("%s: db.namespace %q (found %v), want orders", id, ns.AsString(), ok)
+		}
+		field, ok := values[val]
+		if !ok {
+			t.Errorf("%s = %v: no field of warmpg.Counters has that value", id, val)
+			return
+		}
+		got[field] = append(got[field], sample{id, gauge})
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				if !d.IsMonotonic || d.Temporality != metricdata.CumulativeTemporality {
+					t.Errorf("%s: monotonic %v, temporality %v; want a cumulative counter", m.Name, d.IsMonotonic, d.Temporality)
+				}
+				for _, p := range d.DataPoints {
+					add(m.Name, p.Attributes, float64(p.Value), false)
+				}
+			case metricdata.Gauge[int64]:
+				for _, p := range d.DataPoints {
+					add(m.Name, p.Attributes, float64(p.Value), true)
+				}
+			case metricdata.Gauge[float64]:
+				for _, p := range d.DataPoints {
+					add(m.Name, p.Attributes, p.Value, true)
+				}
+			default:
+				t.Errorf("metric %s: unexpected data %T", m.Name, m.Data)
+			}
+		}
+	}
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		w, ok := want[name]
+		if !ok {
+			t.Errorf("Counters.%s: no metric named for it in this test; export it and add it here", name)
+		}
+		switch samples := got[name]; {
+		case len(samples) == 0:
+			t.Errorf("Counters.%s (%d) is not exported", name, i+100)
+		case len(samples) > 1:
+			t.Errorf("Counters.%s (%d) is exported %d times: %v", name, i+100, len(samples), samples)
+		case ok && samples[0] != sample{w.metric, w.gauge}:
+			t.Errorf("Counters.%s exported as %+v, want %+v", name, samples[0], sample{w.metric, w.gauge})
+		}
 	}
 }

@@ -8,7 +8,8 @@
 //	if err := promexample.Register(reg, db, "orders"); err != nil { ... }
 //	http.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 //
-// Exported, each with the constant label db_name:
+// Exported, one metric (or outcome) per field of warmpg.Counters, each with
+// the constant label db_name:
 //
 //	warmpg_connects_total                    connections opened
 //	warmpg_connect_errors_total              connection attempts that failed
@@ -16,6 +17,11 @@
 //	warmpg_reuses_total{outcome="..."}       reuses of a pooled connection, by what the reset cost:
 //	                                         clean (nothing sent), pinged, rolled_back, reset, discarded
 //	warmpg_autocommit_transactions_total     transactions that sent no BEGIN (pool_autocommit)
+//	warmpg_autocommit_upgrades_total         of those, the ones that later sent one (a statement that was not a plain read)
+//	warmpg_replans_total                     statements sent again after a schema change broke their cached plan (docs/replan.md)
+//	warmpg_lazy_transactions_total           transactions begun with pool_lazy_begin (BEGIN sent with the first statement, or never)
+//	warmpg_statements_warmed_total           statements new connections prepared ahead (pool_warm_statements)
+//	warmpg_statements_warm_failed_total      statements that failed to prepare ahead and were skipped
 //	warmpg_connections_in_use                gauge: connections checked out now
 //	warmpg_connection_oldest_in_use_seconds  gauge: how long the longest holder has held its connection
 //	warmpg_connections_held_past_threshold_total  checkouts held past pool_leak_threshold

@@ -15,6 +15,8 @@ type Collector struct {
 	stats func() warmpg.Counters
 
 	connects, connectErrors, fromReady, reuses, autocommitTxs *prometheus.Desc
+	autocommitUpgrades, replans, lazyTxs                      *prometheus.Desc
+	statementsWarmed, statementsWarmFailed                    *prometheus.Desc
 	inUse, oldestInUse, heldPastThreshold, exhaustions        *prometheus.Desc
 }
 
@@ -36,8 +38,17 @@ func NewCollector(dbName string, stats func() warmpg.Counters) *Collector {
 		reuses: desc("reuses_total", "Reuses of a pooled connection, by what the reset cost: clean (nothing sent), pinged, rolled_back, reset, discarded (found dead or unfit and replaced).",
 			"outcome"),
 		autocommitTxs: desc("autocommit_transactions_total", "Transactions that sent no BEGIN or COMMIT (pool_autocommit)."),
-		inUse:         desc("connections_in_use", "Connections checked out now, as warmpg counts them (docs/exhaustion.md)."),
-		oldestInUse:   desc("connection_oldest_in_use_seconds", "How long the longest holder has held its connection."),
+		autocommitUpgrades: desc("autocommit_upgrades_total",
+			"Transactions begun without a BEGIN (pool_autocommit) that later sent one, before their first statement that was not a plain read."),
+		replans: desc("replans_total",
+			"Statements sent again, once, after the server refused a cached plan whose result columns a schema change had changed (SQLSTATE 0A000)."),
+		lazyTxs: desc("lazy_transactions_total",
+			"Transactions begun with pool_lazy_begin: their BEGIN went with their first statement, or was never sent."),
+		statementsWarmed: desc("statements_warmed_total", "Statements new connections prepared ahead (pool_warm_statements)."),
+		statementsWarmFailed: desc("statements_warm_failed_total",
+			"Statements new connections failed to prepare ahead and skipped (pool_warm_statements); no connect failed for them."),
+		inUse:       desc("connections_in_use", "Connections checked out now, as warmpg counts them (docs/exhaustion.md)."),
+		oldestInUse: desc("connection_oldest_in_use_seconds", "How long the longest holder has held its connection."),
 		heldPastThreshold: desc("connections_held_past_threshold_total",
 			"Checkouts held past pool_leak_threshold, each counted once."),
 		exhaustions: desc("pool_exhaustions_total", "Times the pool was reported exhausted (every connection it may open checked out)."),
@@ -60,6 +71,7 @@ func NewCollectorForDB(db *sql.DB, dbName string) (*Collector, error) {
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.connects, c.connectErrors, c.fromReady, c.reuses, c.autocommitTxs,
+		c.autocommitUpgrades, c.replans, c.lazyTxs, c.statementsWarmed, c.statementsWarmFailed,
 		c.inUse, c.oldestInUse, c.heldPastThreshold, c.exhaustions} {
 		ch <- d
 	}
@@ -80,6 +92,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.reuses, s.Reset, "reset")
 	counter(c.reuses, s.Discarded, "discarded")
 	counter(c.autocommitTxs, s.AutocommitTxs)
+	counter(c.autocommitUpgrades, s.AutocommitUpgrades)
+	counter(c.replans, s.Replans)
+	counter(c.lazyTxs, s.LazyTxs)
+	counter(c.statementsWarmed, s.StatementsWarmed)
+	counter(c.statementsWarmFailed, s.StatementsWarmFailed)
 	counter(c.heldPastThreshold, s.HeldPastThreshold)
 	counter(c.exhaustions, s.Exhaustions)
 	ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(s.InUse))

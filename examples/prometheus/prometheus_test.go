@@ -3,8 +3,10 @@ package promexample_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"net/http/httptest"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -38,8 +40,8 @@ func TestCollectorLint(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
-	if n := testutil.CollectAndCount(c); n != 13 {
-		t.Errorf("%d metrics, want 13 (5 of them reuse outcomes)", n)
+	if n := testutil.CollectAndCount(c); n != 18 {
+		t.Errorf("%d metrics, want 18 (5 of them reuse outcomes)", n)
 	}
 	reg := prometheus.NewPedanticRegistry() // checks Describe against Collect
 	if err := reg.Register(c); err != nil {
@@ -235,6 +237,118 @@ func TestScrape(t *testing.T) {
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q:\n%s", want, body)
+		}
+	}
+}
+
+// Every field of warmpg.Counters is exported, each under its own metric:
+// the fields are found by reflection, so a field added to Counters later
+// fails this test until the collector exports it (and the table below
+// names where).
+func TestCollectorExportsEveryCounter(t *testing.T) {
+	// Where each field goes: metric name and the labels besides db_name.
+	// A gauge says what it is now; everything else counts.
+	want := map[string]struct {
+		metric string
+		gauge  bool
+	}{
+		"Connects":             {metric: `warmpg_connects_total`},
+		"ConnectErrors":        {metric: `warmpg_connect_errors_total`},
+		"Clean":                {metric: `warmpg_reuses_total{outcome="clean"}`},
+		"Pinged":               {metric: `warmpg_reuses_total{outcome="pinged"}`},
+		"RolledBack":           {metric: `warmpg_reuses_total{outcome="rolled_back"}`},
+		"Reset":                {metric: `warmpg_reuses_total{outcome="reset"}`},
+		"Discarded":            {metric: `warmpg_reuses_total{outcome="discarded"}`},
+		"AutocommitTxs":        {metric: `warmpg_autocommit_transactions_total`},
+		"AutocommitUpgrades":   {metric: `warmpg_autocommit_upgrades_total`},
+		"FromReady":            {metric: `warmpg_connections_from_ready_total`},
+		"Replans":              {metric: `warmpg_replans_total`},
+		"LazyTxs":              {metric: `warmpg_lazy_transactions_total`},
+		"StatementsWarmed":     {metric: `warmpg_statements_warmed_total`},
+		"StatementsWarmFailed": {metric: `warmpg_statements_warm_failed_total`},
+		"InUse":                {metric: `warmpg_connections_in_use`, gauge: true},
+		"OldestInUse":          {metric: `warmpg_connection_oldest_in_use_seconds`, gauge: true},
+		"HeldPastThreshold":    {metric: `warmpg_connections_held_past_threshold_total`},
+		"Exhaustions":          {metric: `warmpg_pool_exhaustions_total`},
+	}
+
+	// Field i gets i+100 (seconds for a duration): no two fields alike.
+	var s warmpg.Counters
+	v := reflect.ValueOf(&s).Elem()
+	durationType := reflect.TypeFor[time.Duration]()
+	values := map[float64]string{} // value -> field
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		n := int64(i + 100)
+		switch {
+		case f.Type == durationType:
+			v.Field(i).SetInt(n * int64(time.Second))
+		case f.Type.Kind() == reflect.Int64:
+			v.Field(i).SetInt(n)
+		default:
+			t.Fatalf("Counters.%s is a %s: teach this test (and the exporters) its unit", f.Name, f.Type)
+		}
+		values[float64(n)] = f.Name
+	}
+
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(promexample.NewCollector("orders", func() warmpg.Counters { return s })); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	type sample struct {
+		metric string
+		gauge  bool
+	}
+	got := map[string][]sample{} // field -> samples carrying its value
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			id := mf.GetName()
+			var labels []string
+			for _, l := range m.GetLabel() {
+				if l.GetName() != "db_name" {
+					labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+				} else if l.GetValue() != "orders" {
+					t.Errorf("%s: db_name=%q, want orders", id, l.GetValue())
+				}
+			}
+			if len(labels) > 0 {
+				id += "{" + strings.Join(labels, ",") + "}"
+			}
+			var val float64
+			switch mf.GetType() {
+			case dto.MetricType_COUNTER:
+				val = m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				val = m.GetGauge().GetValue()
+			default:
+				t.Errorf("%s: type %s, want counter or gauge", id, mf.GetType())
+				continue
+			}
+			field, ok := values[val]
+			if !ok {
+				t.Errorf("%s = %v: no field of warmpg.Counters has that value", id, val)
+				continue
+			}
+			got[field] = append(got[field], sample{id, mf.GetType() == dto.MetricType_GAUGE})
+		}
+	}
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		w, ok := want[name]
+		if !ok {
+			t.Errorf("Counters.%s: no metric named for it in this test; export it and add it here", name)
+		}
+		switch samples := got[name]; {
+		case len(samples) == 0:
+			t.Errorf("Counters.%s (%d) is not exported", name, i+100)
+		case len(samples) > 1:
+			t.Errorf("Counters.%s (%d) is exported %d times: %v", name, i+100, len(samples), samples)
+		case ok && samples[0] != sample{w.metric, w.gauge}:
+			t.Errorf("Counters.%s exported as %+v, want %+v", name, samples[0], sample{w.metric, w.gauge})
 		}
 	}
 }
