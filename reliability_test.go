@@ -151,10 +151,31 @@ func faultTerminate(ctx context.Context, srv *pgtest.Server, apps []string) (int
 		return 0, err
 	}
 	defer conn.Close(context.Background())
+	// A probe connection, terminated last, tells when the kernel has
+	// delivered what the terminated backends sent (a FATAL, then the end of
+	// the stream): a backend gone from pg_stat_activity has sent them, but
+	// on a loaded machine loopback delivery can lag (the receive path runs
+	// in deferred softirq work), and until it arrives no client can see it.
+	// The scenarios model backends terminated while the pool was idle, not
+	// a termination racing the next query.
+	probe, err := srv.Connect(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer probe.Close(context.Background())
 	var pids []int32
 	if err := conn.QueryRow(ctx, `select coalesce(array_agg(pid), '{}') from pg_stat_activity
 		where backend_type = 'client backend' and application_name = any($1) and pid <> pg_backend_pid()`, apps).Scan(&pids); err != nil {
 		return 0, err
+	}
+	if len(pids) > 0 {
+		pids = append(pids, int32(probe.PgConn().PID()))
+		defer func() {
+			nc := probe.PgConn().Conn()
+			nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			io.ReadAll(nc) // the probe's FATAL, then EOF
+			time.Sleep(50 * time.Millisecond)
+		}()
 	}
 	var n int
 	if err := conn.QueryRow(ctx, "select count(*) filter (where pg_terminate_backend(p)) from unnest($1::int[]) p", pids).Scan(&n); err != nil {
