@@ -198,6 +198,9 @@ func appendSimpleBegin(dst []byte, begin string, q []byte) []byte {
 }
 
 func (b *beginConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return b.Conn.Read(p)
+	}
 	for {
 		if !b.filtering.Load() {
 			return b.Conn.Read(p)

@@ -189,6 +189,9 @@ func TestBeginConnReplies(t *testing.T) {
 			if _, err := b.Write(w); err != nil {
 				t.Fatal(err)
 			}
+			if n, err := b.Read(nil); n != 0 || err != nil {
+				t.Fatalf("an empty read: %d %v", n, err)
+			}
 			var got []byte
 			buf := make([]byte, 7) // small reads, as a worst case
 			for {
