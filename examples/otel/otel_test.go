@@ -588,24 +588,7 @@ func TestRegisterCountersExportsEveryCounter(t *testing.T) {
 		"Exhaustions":          {metric: "warmpg.pool.exhaustions"},
 	}
 
-	// Field i gets i+100 (seconds for a duration): no two fields alike.
-	var s warmpg.Counters
-	v := reflect.ValueOf(&s).Elem()
-	durationType := reflect.TypeFor[time.Duration]()
-	values := map[float64]string{} // value -> field
-	for i := range v.NumField() {
-		f := v.Type().Field(i)
-		n := int64(i + 100)
-		switch {
-		case f.Type == durationType:
-			v.Field(i).SetInt(n * int64(time.Second))
-		case f.Type.Kind() == reflect.Int64:
-			v.Field(i).SetInt(n)
-		default:
-			t.Fatalf("Counters.%s is a %s: teach this test (and RegisterCounters) its unit", f.Name, f.Type)
-		}
-		values[float64(n)] = f.Name
-	}
+	s, values := extest.DistinctCounters(t)
 
 	tel := newTelemetry(t)
 	orders := attribute.String("db.namespace", "orders")
@@ -662,17 +645,17 @@ func TestRegisterCountersExportsEveryCounter(t *testing.T) {
 			}
 		}
 	}
-	for i := range v.NumField() {
-		name := v.Type().Field(i).Name
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[warmpg.Counters]()) {
+		name := f.Name
 		w, ok := want[name]
 		if !ok {
 			t.Errorf("Counters.%s: no metric named for it in this test; export it and add it here", name)
 		}
 		switch samples := got[name]; {
 		case len(samples) == 0:
-			t.Errorf("Counters.%s (%d) is not exported", name, i+100)
+			t.Errorf("Counters.%s (%d) is not exported", name, f.Index[0]+100)
 		case len(samples) > 1:
-			t.Errorf("Counters.%s (%d) is exported %d times: %v", name, i+100, len(samples), samples)
+			t.Errorf("Counters.%s (%d) is exported %d times: %v", name, f.Index[0]+100, len(samples), samples)
 		case ok && samples[0] != sample{w.metric, w.gauge}:
 			t.Errorf("Counters.%s exported as %+v, want %+v", name, samples[0], sample{w.metric, w.gauge})
 		}

@@ -6,11 +6,13 @@ package extest
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/warmpg/warmpg"
 	"github.com/warmpg/warmpg/internal/pgtest"
 )
 
@@ -87,4 +89,30 @@ func NewSchema(ctx context.Context, srv *pgtest.Server, name string) (param stri
 		defer cancel()
 		_ = srv.Exec(ctx, "drop schema "+name+" cascade")
 	}, nil
+}
+
+// DistinctCounters returns warmpg.Counters whose field i holds i+100 (in
+// seconds for a duration), no two fields alike, and which field each value
+// belongs to: an exporter's test finds every field by its value. A field
+// of another type fails the test, naming it: the exporters need its unit.
+func DistinctCounters(t testing.TB) (warmpg.Counters, map[float64]string) {
+	t.Helper()
+	var s warmpg.Counters
+	v := reflect.ValueOf(&s).Elem()
+	durationType := reflect.TypeFor[time.Duration]()
+	values := map[float64]string{} // value -> field
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		n := int64(i + 100)
+		switch {
+		case f.Type == durationType:
+			v.Field(i).SetInt(n * int64(time.Second))
+		case f.Type.Kind() == reflect.Int64:
+			v.Field(i).SetInt(n)
+		default:
+			t.Fatalf("Counters.%s is a %s: teach the exporters (and their tests) its unit", f.Name, f.Type)
+		}
+		values[float64(n)] = f.Name
+	}
+	return s, values
 }
