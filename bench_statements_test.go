@@ -109,7 +109,7 @@ func BenchmarkWarmStatementsFirstUse(b *testing.B) {
 	url := serverURL(b, srv, 5*time.Millisecond)
 	qs := hotSelects()
 	names := []string{"declared", "learned", "off"}
-	first, steady := map[string][]time.Duration{}, map[string][]time.Duration{}
+	fs := newFirstSteady()
 	for i := 0; b.Loop(); i++ {
 		for _, name := range warmbench.Rotate(names, i) {
 			var opts []warmpg.Option
@@ -140,21 +140,40 @@ func BenchmarkWarmStatementsFirstUse(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			for pass, into := range []map[string][]time.Duration{first, steady} {
-				start := time.Now()
-				for j, q := range qs {
-					if err := runHot(ctx, c, j, q); err != nil {
-						b.Fatalf("%s pass %d: %v", name, pass, err)
-					}
-				}
-				into[name] = append(into[name], time.Since(start)/time.Duration(len(qs)))
-			}
+			fs.run(b, ctx, c, name, qs)
 			c.Close()
 			db.Close()
 		}
 	}
+	fs.report(b, names)
+}
+
+// firstSteady collects, per variant, the mean time of a hot statement in
+// a connection's first pass over them and in a second pass.
+type firstSteady struct{ first, steady map[string][]time.Duration }
+
+func newFirstSteady() *firstSteady {
+	return &firstSteady{first: map[string][]time.Duration{}, steady: map[string][]time.Duration{}}
+}
+
+// run runs qs twice on c, for variant name.
+func (fs *firstSteady) run(b *testing.B, ctx context.Context, c *sql.Conn, name string, qs []string) {
+	for pass, into := range []map[string][]time.Duration{fs.first, fs.steady} {
+		start := time.Now()
+		for j, q := range qs {
+			if err := runHot(ctx, c, j, q); err != nil {
+				b.Fatalf("%s pass %d: %v", name, pass, err)
+			}
+		}
+		into[name] = append(into[name], time.Since(start)/time.Duration(len(qs)))
+	}
+}
+
+// report reports each variant's median first and steady times and their
+// ratio.
+func (fs *firstSteady) report(b *testing.B, names []string) {
 	for _, name := range names {
-		f, s := warmbench.Median(first[name]), warmbench.Median(steady[name])
+		f, s := warmbench.Median(fs.first[name]), warmbench.Median(fs.steady[name])
 		b.ReportMetric(ms(f), name+"-first-ms")
 		b.ReportMetric(ms(s), name+"-steady-ms")
 		b.ReportMetric(float64(f)/float64(s), name+"-first/steady")
@@ -224,29 +243,16 @@ func BenchmarkWarmStatementsReplacement(b *testing.B) {
 	for _, name := range names {
 		nextReplacement(b, ctx, dbs[name]).Close()
 	}
-	first, steady := map[string][]time.Duration{}, map[string][]time.Duration{}
+	fs := newFirstSteady()
 	for i := 0; b.Loop(); i++ {
 		for _, name := range warmbench.Rotate(names, i) {
 			db := dbs[name]
 			c := nextReplacement(b, ctx, db)
-			for pass, into := range []map[string][]time.Duration{first, steady} {
-				start := time.Now()
-				for j, q := range qs {
-					if err := runHot(ctx, c, j, q); err != nil {
-						b.Fatalf("%s pass %d: %v", name, pass, err)
-					}
-				}
-				into[name] = append(into[name], time.Since(start)/time.Duration(len(qs)))
-			}
+			fs.run(b, ctx, c, name, qs)
 			c.Close()
 		}
 	}
-	for _, name := range names {
-		f, s := warmbench.Median(first[name]), warmbench.Median(steady[name])
-		b.ReportMetric(ms(f), name+"-first-ms")
-		b.ReportMetric(ms(s), name+"-steady-ms")
-		b.ReportMetric(float64(f)/float64(s), name+"-first/steady")
-	}
+	fs.report(b, names)
 }
 
 // nextReplacement waits until keep-warm has a ready connection dialled
