@@ -39,11 +39,7 @@ func BenchmarkLazyBegin(b *testing.B) {
 		b.Run(fmt.Sprintf("rtt=%s", rtt), func(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), benchTimeout)
 			defer cancel()
-			table := fmt.Sprintf("bench_lazy_%d", appSeq.Add(1))
-			if err := srv.Exec(ctx, "create table "+table+" (id int primary key, n int); insert into "+table+" values (1, 0)"); err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { srv.Exec(context.Background(), "drop table if exists "+table) })
+			table := newTable(b, ctx, srv, "bench_lazy", "create table %[1]s (id int primary key, n int); insert into %[1]s values (1, 0)")
 			url := serverURL(b, srv, rtt)
 			vs := openVariants(b, ctx, 1, func(ctx context.Context) ([]*warmbench.Variant, error) {
 				return warmbench.OpenLazyBeginVariants(ctx, url, table)

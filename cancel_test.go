@@ -21,12 +21,7 @@ import (
 // cancelTable creates a fresh one-column table and returns its name.
 func cancelTable(t *testing.T, ctx context.Context, srv *pgtest.Server) string {
 	t.Helper()
-	name := fmt.Sprintf("cancel_%d", appSeq.Add(1))
-	if err := srv.Exec(ctx, "create table "+name+" (n int)"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Exec(context.Background(), "drop table if exists "+name) })
-	return name
+	return newTable(t, ctx, srv, "cancel", "create table %[1]s (n int)")
 }
 
 func cancelCount(t *testing.T, ctx context.Context, db *sql.DB, table string) int {

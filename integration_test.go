@@ -37,6 +37,23 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// newTable creates a table on srv named prefix and a number unique in this
+// test binary, with ddl (its %[1]s is the name), drops it when the test
+// ends, and returns the name.
+func newTable(t testing.TB, ctx context.Context, srv *pgtest.Server, prefix, ddl string) string {
+	t.Helper()
+	name := fmt.Sprintf("%s_%d", prefix, appSeq.Add(1))
+	if err := srv.Exec(ctx, fmt.Sprintf(ddl, name)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Exec(ctx, "drop table if exists "+name)
+	})
+	return name
+}
+
 // ownCluster starts a private cluster for a test that stops or restarts
 // its server, closed when the test ends (see pgtest.Own for when it skips).
 func ownCluster(t *testing.T, ctx context.Context) *pgtest.Server {

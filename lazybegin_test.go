@@ -69,23 +69,20 @@ func txControl(p *pgproxy.Proxy) []string {
 // lazyTable creates a table for one test and drops it when the test ends.
 func lazyTable(t *testing.T, ctx context.Context, srv *pgtest.Server) string {
 	t.Helper()
-	name := fmt.Sprintf("lazy_%d", appSeq.Add(1))
-	if err := srv.Exec(ctx, "create table "+name+" (id int primary key, v text)"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Exec(context.Background(), "drop table if exists "+name) })
-	return name
+	return newTable(t, ctx, srv, "lazy", "create table %[1]s (id int primary key, v text)")
 }
 
+// countRows counts table's rows on a connection of its own: what is
+// committed, whatever the pool under test holds.
 func countRows(t *testing.T, ctx context.Context, srv *pgtest.Server, table string) int {
 	t.Helper()
-	db, err := sql.Open("pgx", srv.URL())
+	c, err := srv.Connect(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer c.Close(context.Background())
 	var n int
-	if err := db.QueryRowContext(ctx, "select count(*) from "+table).Scan(&n); err != nil {
+	if err := c.QueryRow(ctx, "select count(*) from "+table).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -35,16 +35,7 @@ const (
 // replanTable creates a table of 64 rows (id, a) and returns its name.
 func replanTable(t *testing.T, ctx context.Context, srv *pgtest.Server) string {
 	t.Helper()
-	name := fmt.Sprintf("replan_%d", appSeq.Add(1))
-	if err := srv.Exec(ctx, "create table "+name+" (id int primary key, a int); insert into "+name+" select i, i from generate_series(1, 64) i"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Exec(ctx, "drop table if exists "+name)
-	})
-	return name
+	return newTable(t, ctx, srv, "replan", "create table %[1]s (id int primary key, a int); insert into %[1]s select i, i from generate_series(1, 64) i")
 }
 
 // replanOp runs a statement on a connection: directly (Query, Exec) or
