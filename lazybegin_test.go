@@ -550,12 +550,7 @@ func TestLazyBeginWithAutocommit(t *testing.T) {
 func TestLazyBeginPgBouncer(t *testing.T) {
 	srv := pgtest.Get(t)
 	b := pgtest.PgBouncer(t, srv, pgtest.WithBouncerPoolSize(bouncerPoolSize))
-	proxy, err := pgproxy.New(b.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	via := func(params ...string) string { return strings.Replace(b.URL(params...), b.Addr(), proxy.Addr(), 1) }
+	proxy, via := proxiedAt(t, b.Addr(), b.URL)
 	ctx := ctxT(t, 60*time.Second)
 	table := lazyTable(t, ctx, srv)
 	trips := map[string]int{}

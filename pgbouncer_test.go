@@ -24,7 +24,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/warmpg/warmpg"
-	"github.com/warmpg/warmpg/internal/pgproxy"
 	"github.com/warmpg/warmpg/internal/pgtest"
 )
 
@@ -889,12 +888,7 @@ func bouncerXacts(t *testing.T, ctx context.Context, b *pgtest.Bouncer) (xacts, 
 func TestPgBouncerAutocommit(t *testing.T) {
 	srv := pgtest.Get(t)
 	b := pgtest.PgBouncer(t, srv, pgtest.WithBouncerPoolSize(bouncerPoolSize))
-	proxy, err := pgproxy.New(b.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	via := func(params ...string) string { return strings.Replace(b.URL(params...), b.Addr(), proxy.Addr(), 1) }
+	proxy, via := proxiedAt(t, b.Addr(), b.URL)
 	for _, bk := range backends {
 		t.Run(string(bk), func(t *testing.T) {
 			ctx := ctxT(t, 20*time.Second)

@@ -26,13 +26,20 @@ import (
 // URL (with params) into one through the proxy.
 func proxied(t *testing.T, srv *pgtest.Server) (*pgproxy.Proxy, func(params ...string) string) {
 	t.Helper()
-	p, err := pgproxy.New(srv.Addr())
+	return proxiedAt(t, srv.Addr(), srv.URL)
+}
+
+// proxiedAt is proxied for whatever listens at addr (a server, a bouncer)
+// and the URL function that names it.
+func proxiedAt(t *testing.T, addr string, url func(params ...string) string) (*pgproxy.Proxy, func(params ...string) string) {
+	t.Helper()
+	p, err := pgproxy.New(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
 	return p, func(params ...string) string {
-		return strings.Replace(srv.URL(params...), srv.Addr(), p.Addr(), 1)
+		return strings.Replace(url(params...), addr, p.Addr(), 1)
 	}
 }
 
