@@ -300,11 +300,17 @@ func TestOpenerCheckoutNotReported(t *testing.T) {
 		t.Errorf("holding the opener's connection: %v, want in_use=1 and its age", st)
 	}
 	second.Close()
-	if rs := rec.find("warmpg: connection held past"); len(rs) != 0 {
-		t.Errorf("the opener's checkout was reported: %v", rs)
+	// The first checkout is the application's own and may rightly be
+	// reported when a loaded machine keeps it out past the threshold
+	// before the discard; the opener's never may.
+	reports := rec.find("warmpg: connection held past")
+	for _, r := range reports {
+		if !strings.Contains(r.attrs["stack"], "warmpg.holdConns") {
+			t.Errorf("the opener's checkout was reported: %v", r)
+		}
 	}
-	if st := c.Stats(); st.InUse != 0 || st.HeldPastThreshold != 0 || st.Connects != 2 {
-		t.Errorf("after the return: %v, want in_use=0, nothing held past the threshold, 2 connects", st)
+	if st := c.Stats(); st.InUse != 0 || st.HeldPastThreshold != int64(len(reports)) || st.Connects != 2 {
+		t.Errorf("after the return: %v, want in_use=0, held past the threshold only the %d application checkout(s) reported, 2 connects", st, len(reports))
 	}
 }
 
