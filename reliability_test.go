@@ -683,7 +683,11 @@ func faultRunScenario(t *testing.T, ctx context.Context, srv *pgtest.Server, sc 
 		}
 		if p.safe {
 			if r.afterBad != 0 {
-				t.Errorf("%s: %d of %d queries failed after the server was back (first: %v)", p.name, r.afterBad, r.after, r.firstErr)
+				// The counters tell whether check handed out connections
+				// it found clean (what the kernel had not yet delivered)
+				// or failed otherwise.
+				st, _ := warmpg.Stats(dbs[i])
+				t.Errorf("%s: %d of %d queries failed after the server was back (first: %v); counters: %s", p.name, r.afterBad, r.after, r.firstErr, st)
 			}
 			if !r.recovered {
 				t.Errorf("%s: the pool did not recover: %d of %d failed: %v", p.name, bad, faultPoolSize, rerr)
