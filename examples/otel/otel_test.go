@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -564,28 +563,25 @@ func TestOtelsqlOpenByDriverName(t *testing.T) {
 func TestRegisterCountersExportsEveryCounter(t *testing.T) {
 	// Where each field goes: instrument name and warmpg.reuse.outcome (if
 	// any). A gauge says what it is now; everything else is a monotonic sum.
-	want := map[string]struct {
-		metric string
-		gauge  bool
-	}{
-		"Connects":             {metric: "warmpg.connects"},
-		"ConnectErrors":        {metric: "warmpg.connect_errors"},
-		"Clean":                {metric: "warmpg.reuses{clean}"},
-		"Pinged":               {metric: "warmpg.reuses{pinged}"},
-		"RolledBack":           {metric: "warmpg.reuses{rolled_back}"},
-		"Reset":                {metric: "warmpg.reuses{reset}"},
-		"Discarded":            {metric: "warmpg.reuses{discarded}"},
-		"AutocommitTxs":        {metric: "warmpg.autocommit_transactions"},
-		"AutocommitUpgrades":   {metric: "warmpg.autocommit_upgrades"},
-		"FromReady":            {metric: "warmpg.connections_from_ready"},
-		"Replans":              {metric: "warmpg.replans"},
-		"LazyTxs":              {metric: "warmpg.lazy_transactions"},
-		"StatementsWarmed":     {metric: "warmpg.statements.warmed"},
-		"StatementsWarmFailed": {metric: "warmpg.statements.warm_failed"},
-		"InUse":                {metric: "warmpg.connections.in_use", gauge: true},
-		"OldestInUse":          {metric: "warmpg.connections.oldest_in_use", gauge: true},
-		"HeldPastThreshold":    {metric: "warmpg.connections.held_past_threshold"},
-		"Exhaustions":          {metric: "warmpg.pool.exhaustions"},
+	want := map[string]extest.Export{
+		"Connects":             {Metric: "warmpg.connects"},
+		"ConnectErrors":        {Metric: "warmpg.connect_errors"},
+		"Clean":                {Metric: "warmpg.reuses{clean}"},
+		"Pinged":               {Metric: "warmpg.reuses{pinged}"},
+		"RolledBack":           {Metric: "warmpg.reuses{rolled_back}"},
+		"Reset":                {Metric: "warmpg.reuses{reset}"},
+		"Discarded":            {Metric: "warmpg.reuses{discarded}"},
+		"AutocommitTxs":        {Metric: "warmpg.autocommit_transactions"},
+		"AutocommitUpgrades":   {Metric: "warmpg.autocommit_upgrades"},
+		"FromReady":            {Metric: "warmpg.connections_from_ready"},
+		"Replans":              {Metric: "warmpg.replans"},
+		"LazyTxs":              {Metric: "warmpg.lazy_transactions"},
+		"StatementsWarmed":     {Metric: "warmpg.statements.warmed"},
+		"StatementsWarmFailed": {Metric: "warmpg.statements.warm_failed"},
+		"InUse":                {Metric: "warmpg.connections.in_use", Gauge: true},
+		"OldestInUse":          {Metric: "warmpg.connections.oldest_in_use", Gauge: true},
+		"HeldPastThreshold":    {Metric: "warmpg.connections.held_past_threshold"},
+		"Exhaustions":          {Metric: "warmpg.pool.exhaustions"},
 	}
 
 	s, values := extest.DistinctCounters(t)
@@ -602,11 +598,7 @@ func TestRegisterCountersExportsEveryCounter(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	type sample struct {
-		metric string
-		gauge  bool
-	}
-	got := map[string][]sample{} // field -> data points carrying its value
+	got := map[string][]extest.Export{} // field -> data points carrying its value
 	add := func(name string, attrs attribute.Set, val float64, gauge bool) {
 		id := name
 		if o, ok := attrs.Value("warmpg.reuse.outcome"); ok {
@@ -620,7 +612,7 @@ func TestRegisterCountersExportsEveryCounter(t *testing.T) {
 			t.Errorf("%s = %v: no field of warmpg.Counters has that value", id, val)
 			return
 		}
-		got[field] = append(got[field], sample{id, gauge})
+		got[field] = append(got[field], extest.Export{Metric: id, Gauge: gauge})
 	}
 	for _, sm := range rm.ScopeMetrics {
 		for _, m := range sm.Metrics {
@@ -645,19 +637,5 @@ func TestRegisterCountersExportsEveryCounter(t *testing.T) {
 			}
 		}
 	}
-	for _, f := range reflect.VisibleFields(reflect.TypeFor[warmpg.Counters]()) {
-		name := f.Name
-		w, ok := want[name]
-		if !ok {
-			t.Errorf("Counters.%s: no metric named for it in this test; export it and add it here", name)
-		}
-		switch samples := got[name]; {
-		case len(samples) == 0:
-			t.Errorf("Counters.%s (%d) is not exported", name, f.Index[0]+100)
-		case len(samples) > 1:
-			t.Errorf("Counters.%s (%d) is exported %d times: %v", name, f.Index[0]+100, len(samples), samples)
-		case ok && samples[0] != sample{w.metric, w.gauge}:
-			t.Errorf("Counters.%s exported as %+v, want %+v", name, samples[0], sample{w.metric, w.gauge})
-		}
-	}
+	extest.CheckEveryCounter(t, want, got)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"os"
-	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -248,28 +247,25 @@ func TestScrape(t *testing.T) {
 func TestCollectorExportsEveryCounter(t *testing.T) {
 	// Where each field goes: metric name and the labels besides db_name.
 	// A gauge says what it is now; everything else counts.
-	want := map[string]struct {
-		metric string
-		gauge  bool
-	}{
-		"Connects":             {metric: `warmpg_connects_total`},
-		"ConnectErrors":        {metric: `warmpg_connect_errors_total`},
-		"Clean":                {metric: `warmpg_reuses_total{outcome="clean"}`},
-		"Pinged":               {metric: `warmpg_reuses_total{outcome="pinged"}`},
-		"RolledBack":           {metric: `warmpg_reuses_total{outcome="rolled_back"}`},
-		"Reset":                {metric: `warmpg_reuses_total{outcome="reset"}`},
-		"Discarded":            {metric: `warmpg_reuses_total{outcome="discarded"}`},
-		"AutocommitTxs":        {metric: `warmpg_autocommit_transactions_total`},
-		"AutocommitUpgrades":   {metric: `warmpg_autocommit_upgrades_total`},
-		"FromReady":            {metric: `warmpg_connections_from_ready_total`},
-		"Replans":              {metric: `warmpg_replans_total`},
-		"LazyTxs":              {metric: `warmpg_lazy_transactions_total`},
-		"StatementsWarmed":     {metric: `warmpg_statements_warmed_total`},
-		"StatementsWarmFailed": {metric: `warmpg_statements_warm_failed_total`},
-		"InUse":                {metric: `warmpg_connections_in_use`, gauge: true},
-		"OldestInUse":          {metric: `warmpg_connection_oldest_in_use_seconds`, gauge: true},
-		"HeldPastThreshold":    {metric: `warmpg_connections_held_past_threshold_total`},
-		"Exhaustions":          {metric: `warmpg_pool_exhaustions_total`},
+	want := map[string]extest.Export{
+		"Connects":             {Metric: `warmpg_connects_total`},
+		"ConnectErrors":        {Metric: `warmpg_connect_errors_total`},
+		"Clean":                {Metric: `warmpg_reuses_total{outcome="clean"}`},
+		"Pinged":               {Metric: `warmpg_reuses_total{outcome="pinged"}`},
+		"RolledBack":           {Metric: `warmpg_reuses_total{outcome="rolled_back"}`},
+		"Reset":                {Metric: `warmpg_reuses_total{outcome="reset"}`},
+		"Discarded":            {Metric: `warmpg_reuses_total{outcome="discarded"}`},
+		"AutocommitTxs":        {Metric: `warmpg_autocommit_transactions_total`},
+		"AutocommitUpgrades":   {Metric: `warmpg_autocommit_upgrades_total`},
+		"FromReady":            {Metric: `warmpg_connections_from_ready_total`},
+		"Replans":              {Metric: `warmpg_replans_total`},
+		"LazyTxs":              {Metric: `warmpg_lazy_transactions_total`},
+		"StatementsWarmed":     {Metric: `warmpg_statements_warmed_total`},
+		"StatementsWarmFailed": {Metric: `warmpg_statements_warm_failed_total`},
+		"InUse":                {Metric: `warmpg_connections_in_use`, Gauge: true},
+		"OldestInUse":          {Metric: `warmpg_connection_oldest_in_use_seconds`, Gauge: true},
+		"HeldPastThreshold":    {Metric: `warmpg_connections_held_past_threshold_total`},
+		"Exhaustions":          {Metric: `warmpg_pool_exhaustions_total`},
 	}
 
 	s, values := extest.DistinctCounters(t)
@@ -282,11 +278,7 @@ func TestCollectorExportsEveryCounter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type sample struct {
-		metric string
-		gauge  bool
-	}
-	got := map[string][]sample{} // field -> samples carrying its value
+	got := map[string][]extest.Export{} // field -> samples carrying its value
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			id := mf.GetName()
@@ -316,22 +308,8 @@ func TestCollectorExportsEveryCounter(t *testing.T) {
 				t.Errorf("%s = %v: no field of warmpg.Counters has that value", id, val)
 				continue
 			}
-			got[field] = append(got[field], sample{id, mf.GetType() == dto.MetricType_GAUGE})
+			got[field] = append(got[field], extest.Export{Metric: id, Gauge: mf.GetType() == dto.MetricType_GAUGE})
 		}
 	}
-	for _, f := range reflect.VisibleFields(reflect.TypeFor[warmpg.Counters]()) {
-		name := f.Name
-		w, ok := want[name]
-		if !ok {
-			t.Errorf("Counters.%s: no metric named for it in this test; export it and add it here", name)
-		}
-		switch samples := got[name]; {
-		case len(samples) == 0:
-			t.Errorf("Counters.%s (%d) is not exported", name, f.Index[0]+100)
-		case len(samples) > 1:
-			t.Errorf("Counters.%s (%d) is exported %d times: %v", name, f.Index[0]+100, len(samples), samples)
-		case ok && samples[0] != sample{w.metric, w.gauge}:
-			t.Errorf("Counters.%s exported as %+v, want %+v", name, samples[0], sample{w.metric, w.gauge})
-		}
-	}
+	extest.CheckEveryCounter(t, want, got)
 }

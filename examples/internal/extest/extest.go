@@ -116,3 +116,35 @@ func DistinctCounters(t testing.TB) (warmpg.Counters, map[float64]string) {
 	}
 	return s, values
 }
+
+// Export is where an exporter puts one field of warmpg.Counters: the
+// metric's name with its labels, and whether it is a gauge (what it is now)
+// rather than a counter.
+type Export struct {
+	Metric string
+	Gauge  bool
+}
+
+// CheckEveryCounter is the end of an exporter's every-counter test: got
+// holds, per field of the DistinctCounters it exported, the samples that
+// carried its value; want, where each field should go. It fails t for a
+// field want does not name, one exported nowhere or more than once, and one
+// exported elsewhere than want says.
+func CheckEveryCounter(t testing.TB, want map[string]Export, got map[string][]Export) {
+	t.Helper()
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[warmpg.Counters]()) {
+		name := f.Name
+		w, ok := want[name]
+		if !ok {
+			t.Errorf("Counters.%s: no metric named for it in this test; export it and add it here", name)
+		}
+		switch samples := got[name]; {
+		case len(samples) == 0:
+			t.Errorf("Counters.%s (%d) is not exported", name, f.Index[0]+100)
+		case len(samples) > 1:
+			t.Errorf("Counters.%s (%d) is exported %d times: %v", name, f.Index[0]+100, len(samples), samples)
+		case ok && samples[0] != w:
+			t.Errorf("Counters.%s exported as %+v, want %+v", name, samples[0], w)
+		}
+	}
+}
