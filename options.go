@@ -89,6 +89,7 @@ type config struct {
 	reset           ResetMode
 	autocommit      bool
 	lazyBegin       bool
+	replan          bool
 	readOnly        bool
 	maxConnLifetime time.Duration
 	lifetimeJitter  time.Duration // valid when set&bitLifetimeJitter; see jitter
@@ -130,6 +131,7 @@ func newConfig() config {
 		backend:      BackendPgx,
 		reset:        ResetCheck,
 		lazyBegin:    true,
+		replan:       true,
 		warmTimeout:  DefaultWarmTimeout,
 		connectRetry: DefaultConnectRetryTimeout,
 		cancelGrace:  DefaultCancelGrace,
@@ -243,6 +245,7 @@ const (
 	bitExhaustedInterval
 	bitLazyBegin
 	bitWarmStatements
+	bitReplan
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -296,6 +299,7 @@ var params = []param{
 	{"pool_leak_threshold", bitLeakThreshold, durationParser(func(c *config) *time.Duration { return &c.leakThreshold }, false)},
 	{"pool_exhausted_log_interval", bitExhaustedInterval, durationParser(func(c *config) *time.Duration { return &c.exhaustedInterval }, false)},
 	{"pool_warm_statements", bitWarmStatements, intParser(func(c *config) *int { return &c.warmStmts }, 0, MaxWarmStatements)},
+	{"pool_replan", bitReplan, boolParser(func(c *config) *bool { return &c.replan })},
 }
 
 // LogOff is the pool_log_level that logs nothing (WithLogLevel(LogOff)).
@@ -536,12 +540,21 @@ func WithAutocommit(on bool) Option {
 
 // WithLazyBegin sends a transaction's BEGIN in the same network write as its
 // first statement instead of on its own at BeginTx (pool_lazy_begin; default
-// false; pgx backend only): a transaction costs one round trip less, and one
+// true; pgx backend only): a transaction costs one round trip less, and one
 // that runs no statement sends nothing at all. The server takes a
 // transaction's snapshot at its first statement, not at BEGIN, so nothing a
 // transaction can observe changes. See docs/lazy-begin.md for what differs.
 func WithLazyBegin(on bool) Option {
 	return func(c *config) { c.lazyBegin = on; c.set |= bitLazyBegin }
+}
+
+// WithReplan sets whether a statement that fails because a schema change
+// altered its result columns (SQLSTATE 0A000, "cached plan must not change
+// result type") is prepared again and sent once more, where it cannot have
+// run anything (pool_replan; default true; docs/replan.md). Off, such a
+// statement fails as it does through the wrapped driver.
+func WithReplan(on bool) Option {
+	return func(c *config) { c.replan = on; c.set |= bitReplan }
 }
 
 // WithReadOnly makes every connection read-only from its first message

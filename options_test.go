@@ -108,7 +108,7 @@ func TestParseConfigEveryKey(t *testing.T) {
 		"&pool_reset=Rollback&pool_autocommit=1&pool_max_conn_lifetime=1h&pool_max_conn_idle_time=5m" +
 		"&pool_warm_parallelism=16&pool_warm_timeout=2s&pool_read_only=on&pool_max_conn_lifetime_jitter=10m" +
 		"&pool_min_idle_conns=4&pool_connect_retry_timeout=0&pool_pgbouncer=true&pool_log_level=Debug&pool_cancel_grace=3s" +
-		"&pool_leak_threshold=2s&pool_exhausted_log_interval=30s&pool_lazy_begin=0&pool_warm_statements=5"
+		"&pool_leak_threshold=2s&pool_exhausted_log_interval=30s&pool_lazy_begin=0&pool_warm_statements=5&pool_replan=off"
 	cfg, inner, err := parseConfig(dsn, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func TestParseConfigEveryKey(t *testing.T) {
 		cfg.lifetimeJitter != want.lifetimeJitter || cfg.minIdleConns != want.minIdleConns || cfg.connectRetry != 0 ||
 		!cfg.pgbouncer || cfg.logLevel != slog.LevelDebug || cfg.cancelGrace != 3*time.Second ||
 		cfg.leakThreshold != 2*time.Second || cfg.exhaustedInterval != 30*time.Second ||
-		cfg.lazyBegin || cfg.set&bitLazyBegin == 0 || cfg.warmStmts != 5 {
+		cfg.lazyBegin || cfg.set&bitLazyBegin == 0 || cfg.warmStmts != 5 || cfg.replan || cfg.set&bitReplan == 0 {
 		t.Errorf("got %+v\nwant %+v", cfg, want)
 	}
 	// Every documented key is exercised above.
@@ -154,6 +154,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"postgres://h/db?pool_autocommit=2", []string{"pool_autocommit", `"2"`, "true or false"}},
 		{"postgres://h/db?pool_read_only=ro", []string{"pool_read_only", `"ro"`, "true or false"}},
 		{"postgres://h/db?pool_lazy_begin=soon", []string{"pool_lazy_begin", `"soon"`, "true or false"}},
+		{"postgres://h/db?pool_replan=sometimes", []string{"pool_replan", `"sometimes"`, "true or false"}},
 		{"postgres://h/db?pool_lazy_begin=true&pool_backend=pq", []string{"pool_lazy_begin=true", "pool_backend=pq", "want pool_backend=pgx"}},
 		{"postgres://h/db?pool_min_idle_conns=-2", []string{"pool_min_idle_conns", `"-2"`, "0 to 10000"}},
 		{"postgres://h/db?pool_max_conns=3&pool_min_idle_conns=4", []string{"pool_min_idle_conns=4", "pool_max_conns=3"}},

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"log/slog"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
+
+	"github.com/warmpg/warmpg/internal/sqltext"
 )
 
 // Transparent replan after a schema change (docs/replan.md).
@@ -50,18 +53,74 @@ func isReplanErr(err error) bool {
 }
 
 // canResend reports whether a statement that failed with err on c, with
-// ctx, may be sent again: err is the replan error, ctx has not ended and
-// the connection is not in a transaction — pgx says so (its status after
-// the error: 'I'); for any other driver, warmpg saw no transaction begin
-// that has not ended (maybeTx, conservative).
-func (c *conn) canResend(ctx context.Context, err error) bool {
-	if !isReplanErr(err) || ctx.Err() != nil || c.timedOut.Load() {
+// ctx, may be sent again: err is the replan error, ctx has not ended, the
+// statement cannot have run anything (resendable) and the connection is not
+// in a transaction — pgx says so (its status after the error: 'I'); for any
+// other driver, warmpg saw no transaction begin that has not ended
+// (maybeTx, conservative).
+func (c *conn) canResend(ctx context.Context, err error, query string, extended bool) bool {
+	if !isReplanErr(err) || ctx.Err() != nil || c.timedOut.Load() || !c.c.cfg.replan {
+		return false
+	}
+	if !extended || !resendable(query) {
 		return false
 	}
 	if c.pgx != nil {
 		return c.pgx.Conn().PgConn().TxStatus() == 'I'
 	}
 	return !c.maybeTx
+}
+
+// resendable reports whether query, sent with the extended protocol, ran
+// nothing when it failed with the replan error: the server raises it while
+// it binds a statement it keeps prepared, before executing it — but only
+// that statement's own error says so. A text with several statements is
+// sent with the simple protocol (the extended one refuses it), where the
+// statements before the failing one ran, and may have committed. CALL and
+// DO may commit inside before the statement that failed (a procedure's or
+// DO block's COMMIT), and EXECUTE runs a statement prepared with SQL
+// PREPARE, which warmpg cannot prepare again: none of them is resent.
+func resendable(query string) bool {
+	if sqltext.Scan(query).Statements != 1 {
+		return false
+	}
+	switch sqltext.Keyword(query) {
+	case "call", "do", "execute":
+		return false
+	}
+	return true
+}
+
+// pgxExtended reports whether pgx sends a statement run directly with args
+// with the extended protocol (exec: by ExecContext, else QueryContext), as
+// pgx v5's Conn.Exec and Conn.Query decide: the connection's
+// default_query_exec_mode, or a pgx.QueryExecMode given as an argument,
+// and, for Exec, the simple protocol whenever no argument is left. A
+// QueryRewriter other than pgx's named arguments may rewrite anything: no.
+func (c *conn) pgxExtended(args []driver.NamedValue, exec bool) bool {
+	mode := c.pgx.Conn().Config().DefaultQueryExecMode
+	n := len(args)
+options:
+	for _, a := range args {
+		switch v := a.Value.(type) {
+		case pgx.QueryExecMode:
+			mode = v
+		case pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+		case pgx.NamedArgs:
+			n += len(v)
+		case pgx.StrictNamedArgs:
+			n += len(v)
+		case pgx.QueryRewriter:
+			return false
+		default:
+			break options
+		}
+		n--
+	}
+	if mode == pgx.QueryExecModeSimpleProtocol {
+		return false
+	}
+	return !exec || n > 0
 }
 
 // replanned counts and logs one statement sent again.

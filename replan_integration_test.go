@@ -509,3 +509,139 @@ func TestReplanAutocommitReadOnlyTx(t *testing.T) {
 		})
 	}
 }
+
+// Issue 23, part 1: a resend never applies a write twice. The replan error
+// says that the statement that raised it ran nothing — not that nothing
+// before it in the same text, or inside the same CALL or DO, did. A
+// connection holds a statement prepared with SQL PREPARE; a migration
+// changes its result columns; the application runs, on that connection, a
+// text that inserts, commits, then executes it: plain pgx inserts one row
+// and returns the error, and warmpg must do exactly the same — one row, the
+// same error in every field, no resend.
+func TestReplanNeverResendsWhatRan(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 2*time.Minute)
+	type tc struct {
+		name string
+		run  func(c *sql.Conn, log, proc string) error
+	}
+	exec := func(q string, args ...any) func(c *sql.Conn, log, proc string) error {
+		return func(c *sql.Conn, log, proc string) error {
+			_, err := c.ExecContext(ctx, strings.NewReplacer("LOG", log, "PROC", proc).Replace(q), args...)
+			return err
+		}
+	}
+	cases := []tc{
+		{"several statements", exec("insert into LOG(v) values (1); commit; execute rep")},
+		{"several statements, comment first", exec("/* a; b */ insert into LOG(v) values (1); commit; execute rep")},
+		{"call, simple protocol", exec("call PROC(1)")},
+		{"call, extended protocol", exec("call PROC($1)", 1)},
+		{"call, query", func(c *sql.Conn, log, proc string) error {
+			rows, err := c.QueryContext(ctx, "call "+proc+"(1)")
+			if err == nil {
+				for rows.Next() {
+				}
+				err = rows.Err()
+				rows.Close()
+			}
+			return err
+		}},
+		{"call, prepared", func(c *sql.Conn, log, proc string) error {
+			st, err := c.PrepareContext(ctx, "call "+proc+"($1)")
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			_, err = st.ExecContext(ctx, 1)
+			return err
+		}},
+		{"do", exec("do $$ begin insert into LOG(v) values (1); commit; execute 'execute rep'; end $$")},
+	}
+	for _, c := range cases {
+		var errs [2]*pgconn.PgError
+		for i, via := range []string{"pgx", "warmpg"} {
+			t.Run(c.name+"/"+via, func(t *testing.T) {
+				src := newTable(t, ctx, srv, "resrc", "create table %[1]s (id int primary key, a int); insert into %[1]s values (1, 1)")
+				log := newTable(t, ctx, srv, "relog", "create table %s (v int)")
+				proc := "p_" + log
+				if err := srv.Exec(ctx, "create procedure "+proc+"(n int) language plpgsql as $$ begin insert into "+log+"(v) values (n); commit; execute 'execute rep'; end $$"); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = srv.Exec(context.Background(), "drop procedure if exists "+proc) })
+				var db *sql.DB
+				var err error
+				if via == "pgx" {
+					db, err = sql.Open("pgx", srv.URL("application_name="+appName(t)))
+				} else {
+					db, err = warmpg.Open(srv.URL("application_name=" + appName(t)))
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				conn, err := db.Conn(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				if _, err := conn.ExecContext(ctx, "prepare rep as select * from "+src); err != nil {
+					t.Fatal(err)
+				}
+				if err := srv.Exec(ctx, "alter table "+src+" add column b int"); err != nil {
+					t.Fatal(err)
+				}
+				err = c.run(conn, log, proc)
+				if !isPlanChanged(err) {
+					t.Fatalf("%v, want the 0A000 from RevalidateCachedQuery", err)
+				}
+				errors.As(err, &errs[i])
+				errs[i].Where = strings.ReplaceAll(errs[i].Where, proc, "PROC")
+				var n int
+				if err := db.QueryRowContext(ctx, "select count(*) from "+log).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				if n != 1 {
+					t.Fatalf("%d rows inserted, want 1: the text ran again", n)
+				}
+				if via == "warmpg" {
+					if r := replans(t, db); r != 0 {
+						t.Fatalf("Replans = %d, want 0", r)
+					}
+					if got, want := *errs[1], *errs[0]; fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+						t.Fatalf("error differs from plain pgx's:\n got %+v\nwant %+v", got, want)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestReplanOff: pool_replan=false gives the wrapped driver's behaviour
+// back: the cached statement fails once with the 0A000, nothing is resent.
+func TestReplanOff(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			db := openReplan(t, srv, b, "pool_replan=false")
+			table := replanTable(t, ctx, srv)
+			st, err := db.PrepareContext(ctx, "select * from "+table+" where id = $1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if n, err := replanColumns(st.QueryContext(ctx, 1)); err != nil || n != 2 {
+				t.Fatalf("before the ALTER: %d columns, %v", n, err)
+			}
+			if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := replanColumns(st.QueryContext(ctx, 1)); !isPlanChanged(err) {
+				t.Fatalf("with pool_replan=false: %v, want the 0A000 from RevalidateCachedQuery", err)
+			}
+			if r := replans(t, db); r != 0 {
+				t.Fatalf("Replans = %d, want 0", r)
+			}
+		})
+	}
+}
