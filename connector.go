@@ -193,7 +193,9 @@ func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 		// still takes one round trip.
 		pc.DefaultQueryExecMode = pgx.QueryExecModeExec
 	}
-	if cfg.lazyBegin {
+	if cfg.lazyBegin || (cfg.warmStmts > 0 && !cfg.pgbouncer) {
+		// The BEGIN of pool_lazy_begin, and statement warming's timeouts,
+		// travel in the write of what follows them (lazywire.go).
 		pc.AfterNetConnect = beginNetConn(pc.AfterNetConnect)
 	}
 	// pgx's stdlib pings on the first reuse of every connection and after

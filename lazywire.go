@@ -57,6 +57,10 @@ type beginConn struct {
 	scratch    []byte
 	outcome    beginOutcome
 	simple     bool // the BEGIN went in a simple Query's text
+	// guard: what is armed is statement warming's guard (armGuard), not
+	// a BEGIN: it goes only in front of an extended-protocol write, and
+	// returns one row.
+	guard bool
 }
 
 // beginOutcome is what became of a lazy transaction's BEGIN.
@@ -100,7 +104,18 @@ func (b *beginConn) SyscallConn() (syscall.RawConn, error) {
 // arm makes the next write carry begin.
 func (b *beginConn) arm(begin string) {
 	b.mu.Lock()
-	b.begin, b.outcome = begin, beginPending
+	b.begin, b.outcome, b.guard = begin, beginPending, false
+	b.armed.Store(true)
+	b.mu.Unlock()
+}
+
+// armGuard makes the next extended-protocol write carry sql, a SELECT
+// that returns one row, run on the unnamed statement ahead of that
+// write's messages in the same implicit transaction (statement warming's
+// timeouts, statements.go). A simple Query disarms it and goes as it is.
+func (b *beginConn) armGuard(sql string) {
+	b.mu.Lock()
+	b.begin, b.outcome, b.guard = sql, beginPending, true
 	b.armed.Store(true)
 	b.mu.Unlock()
 }
@@ -134,7 +149,16 @@ func (b *beginConn) Write(p []byte) (int, error) {
 		buf = appendBegin(make([]byte, 0, len(b.begin)+32+len(p)), b.begin)
 		buf = append(buf, p...)
 		b.strip, b.simple = 3, false
+		if b.guard {
+			b.strip = 4 // ParseComplete, BindComplete, DataRow, CommandComplete
+		}
 	case 'Q':
+		if b.guard {
+			b.begin = ""
+			b.armed.Store(false)
+			b.mu.Unlock()
+			return b.Conn.Write(p)
+		}
 		if n := int(binary.BigEndian.Uint32(p[1:5])) + 1; n <= len(p) {
 			buf = appendSimpleBegin(make([]byte, 0, len(p)+len(b.begin)+8), b.begin, p[5:n])
 			buf = append(buf, p[n:]...)
@@ -273,7 +297,7 @@ func (b *beginConn) filter(p []byte) {
 				// Notice, ParameterStatus, NotificationResponse: at any time.
 				b.out = append(b.out, b.hdr[:]...)
 				b.pass = body
-			case b.strip > 0 && (typ == '1' || typ == '2' || typ == 'C'):
+			case b.strip > 0 && (typ == '1' || typ == '2' || typ == 'C' || (typ == 'D' && b.guard)):
 				b.drop = body
 				if b.strip--; b.strip == 0 {
 					b.outcome = beginDone

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -206,11 +207,13 @@ func (h *hotHeap) Pop() any {
 
 // warmCap returns how many statements a new connection c may warm: 0
 // unless c is pgx in cache_statement mode with a statement cache, outside
-// pool_pgbouncer; at most pgx's statement cache capacity (a statement
+// pool_pgbouncer, on a socket warmpg's wire layer sits on (warming's
+// timeouts travel through it: a pgx connector given to NewConnector has
+// none, and warms nothing); at most pgx's statement cache capacity (a statement
 // the cache evicts again is deallocated at the next query, a round trip).
 func (c *conn) warmCap() int {
 	cfg := &c.c.cfg
-	if c.pgx == nil || cfg.warmStmts == 0 || cfg.pgbouncer || c.c.warmOff.Load() {
+	if c.pgx == nil || c.bc == nil || cfg.warmStmts == 0 || cfg.pgbouncer || c.c.warmOff.Load() {
 		return 0
 	}
 	pc := c.pgx.Conn().Config()
@@ -231,13 +234,22 @@ func (c *conn) learn(query string, args int) {
 }
 
 // warmList returns the statements a new connection warms, at most k:
-// the declared ones, then the learned ones, most run first.
+// the declared ones, then the learned ones, most run first, but for those
+// a lock stopped lately (lockedFor).
 func (c *Connector) warmList(k int) []string {
 	list := c.cfg.warmDeclared[:min(k, len(c.cfg.warmDeclared)):min(k, len(c.cfg.warmDeclared))]
+	if c.lockedN.Load() > 0 {
+		list = c.unlocked(slices.Clone(c.cfg.warmDeclared))
+		list = list[:min(k, len(list)):min(k, len(list))]
+	}
 	if c.hot == nil || len(list) >= k {
 		return list
 	}
-	for _, s := range c.hot.top(k) {
+	hot := c.hot.top(k + int(c.lockedN.Load()))
+	if c.lockedN.Load() > 0 {
+		hot = c.unlocked(hot)
+	}
+	for _, s := range hot {
 		if len(list) >= k {
 			break
 		}
@@ -248,6 +260,32 @@ func (c *Connector) warmList(k int) []string {
 	return list
 }
 
+// lockedFor leaves sql out of warming for d: a lock stopped it.
+func (c *Connector) lockedFor(sql string, d time.Duration) {
+	c.lockMu.Lock()
+	defer c.lockMu.Unlock()
+	if c.locked == nil {
+		c.locked = make(map[string]time.Time)
+	}
+	c.locked[sql] = time.Now().Add(d)
+	c.lockedN.Store(int32(len(c.locked)))
+}
+
+// unlocked returns list without the statements a lock stopped lately, and
+// forgets the locks whose time is up.
+func (c *Connector) unlocked(list []string) []string {
+	c.lockMu.Lock()
+	defer c.lockMu.Unlock()
+	now := time.Now()
+	for s, until := range c.locked {
+		if now.After(until) {
+			delete(c.locked, s)
+		}
+	}
+	c.lockedN.Store(int32(len(c.locked)))
+	return slices.DeleteFunc(list, func(s string) bool { _, ok := c.locked[s]; return ok })
+}
+
 // impossibleArgs has one more argument than a statement can have
 // parameters; allocated (1 MiB) at the first warming. pgx only counts it.
 var impossibleArgs = sync.OnceValue(func() []any { return make([]any, 1<<16) })
@@ -256,13 +294,50 @@ var impossibleArgs = sync.OnceValue(func() []any { return make([]any, 1<<16) })
 // code does not (see above); warming stops for the connector.
 var errWarmUnexpected = errors.New("warmpg: statement warming: pgx did not answer as expected; warming is off for this connector")
 
+// Warming never waits on a lock or a slow server for long (issue 23): Parse
+// takes the locks of the tables a statement names, so a statement on a
+// table a migration holds (an ALTER TABLE running or queued, a plain CREATE
+// INDEX) would hold up the connect — with no deadline at all for
+// database/sql's opener, prewarm and keep-warm. Each warming round trip
+// carries, in the same write and the same implicit transaction (it ends at
+// the batch's Sync), a guard that sets, for that transaction only,
+// lock_timeout to warmLockTimeout and statement_timeout to what is left of
+// warmBudget; the server enforces both. A statement that hits either is
+// skipped on this connection and kept for the next ones.
+const (
+	// warmLockTimeout: a lock not granted within it is held by someone
+	// else (granting a free lock takes microseconds).
+	warmLockTimeout = time.Millisecond
+	// warmBudget bounds a connection's warming, every round trip included.
+	warmBudget = 100 * time.Millisecond
+	// warmLockCooldown: how long the connections after one that met a
+	// lock leave the locked statement out (they warm the rest); then
+	// they try it again.
+	warmLockCooldown = time.Second
+)
+
+// SQLSTATEs of the guard's timeouts.
+const (
+	codeLockNotAvailable = "55P03" // lock_timeout
+	codeQueryCanceled    = "57014" // statement_timeout
+)
+
+// warmGuardSQL sets warming's timeouts for the implicit transaction that
+// ends at the round trip's Sync; left is what remains of warmBudget.
+func warmGuardSQL(left time.Duration) string {
+	return fmt.Sprintf("select set_config('lock_timeout', '%dms', true), set_config('statement_timeout', '%dms', true)",
+		warmLockTimeout.Milliseconds(), max(left.Milliseconds(), 1))
+}
+
 // warmStatements prepares, on the new connection b, the statements
 // warmList names, in one pipelined round trip, and executes none. A
 // statement the server refuses to prepare is skipped (and, if learned,
 // forgotten): the rest are prepared again in one more round trip (two
-// when some had been prepared before it: pgx deallocates them first).
-// It returns an error only when the connection broke (or ctx ended,
-// which breaks it): the connect fails as any other would.
+// when some had been prepared before it: pgx deallocates them first). A
+// statement stopped by warming's lock_timeout is skipped but not forgotten,
+// and statement_timeout (warmBudget) ends warming on b. It returns an error
+// only when the connection broke (or ctx ended, which breaks it): the
+// connect fails as any other would.
 func (c *Connector) warmStatements(ctx context.Context, b *conn) error {
 	k := b.warmCap()
 	if k == 0 {
@@ -270,13 +345,23 @@ func (c *Connector) warmStatements(ctx context.Context, b *conn) error {
 	}
 	list := c.warmList(k)
 	pc := b.pgx.Conn()
+	deadline := time.Now().Add(warmBudget)
+	defer b.bc.disarm()
 	for len(list) > 0 {
+		left := time.Until(deadline)
+		if left <= 0 {
+			c.stats.stmtsWarmFailed.Add(int64(len(list)))
+			return nil
+		}
 		batch := &pgx.Batch{}
 		batch.Queue(list[0], impossibleArgs()...)
 		for _, s := range list[1:] {
 			batch.Queue(s)
 		}
+		b.bc.armGuard(warmGuardSQL(left))
 		err := pc.SendBatch(ctx, batch).Close()
+		guard, _ := b.bc.state()
+		b.bc.disarm()
 		var pre pgx.ErrPreprocessingBatch
 		var pgErr *pgconn.PgError
 		switch {
@@ -286,10 +371,31 @@ func (c *Connector) warmStatements(ctx context.Context, b *conn) error {
 				err = errors.New("warmpg: connection closed while preparing statements")
 			}
 			return err
+		case guard != beginDone:
+			// The guard did not run (the server refused it): nothing
+			// is warmed on this connection without it.
+			c.stats.stmtsWarmFailed.Add(int64(len(list)))
+			c.cfg.logEvent(slog.LevelDebug, "warmpg: statements not warmed on a new connection", "error", err)
+			return nil
 		case errors.As(err, &pre) && pre.SQL() == list[0] && !errors.As(err, &pgErr) &&
 			strings.Contains(err.Error(), "mismatched param and argument count"):
 			// Prepared, cached, and nothing executed.
 			c.stats.stmtsWarmed.Add(int64(len(list)))
+			return nil
+		case errors.As(err, &pre) && errors.As(err, &pgErr) && slices.Contains(list, pre.SQL()) &&
+			(pgErr.Code == codeLockNotAvailable || pgErr.Code == codeQueryCanceled) && pc.PgConn().TxStatus() == 'I':
+			// A lock someone else holds, or the budget spent: not the
+			// statement's fault, and not forgotten. This connection
+			// warms no more: pgx dropped what the batch prepared, and
+			// preparing it again costs two round trips (a deallocation,
+			// then the batch), more than the connect can spare. The
+			// connections of the next warmLockCooldown warm the rest,
+			// then try the locked statement again.
+			c.stats.stmtsWarmFailed.Add(int64(len(list)))
+			c.cfg.logEvent(slog.LevelDebug, "warmpg: a statement waited too long to prepare; warming stopped on this connection", "error", err)
+			if pgErr.Code == codeLockNotAvailable {
+				c.lockedFor(pre.SQL(), warmLockCooldown)
+			}
 			return nil
 		case errors.As(err, &pre) && errors.As(err, &pgErr) && slices.Contains(list, pre.SQL()) &&
 			pc.PgConn().TxStatus() == 'I':
@@ -324,6 +430,11 @@ func (c *Connector) warmStatements(ctx context.Context, b *conn) error {
 type warmState struct {
 	hot     *hotStmts   // nil: nothing learned (off, or pool_pgbouncer)
 	warmOff atomic.Bool // pgx answered a warming batch unexpectedly
+	// locked: statements a lock stopped, left out until the time given
+	// (lockedFor); lockedN is its size, for the fast path.
+	lockMu  sync.Mutex
+	locked  map[string]time.Time
+	lockedN atomic.Int32
 }
 
 // initWarm sets up learning when statement warming is on.
