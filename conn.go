@@ -77,6 +77,12 @@ type conn struct {
 	// transaction open on this connection, if any (lazybegin.go).
 	bc   *beginConn
 	lazy *lazyTx
+	// freshBegin is the BEGIN of the last transaction BeginTx began on
+	// its own (pgx, pool_lazy_begin off), and freshWrites bc's count of
+	// writes right after it: while the transaction's first statement is
+	// the only write since, it ran nothing else (restartTx).
+	freshBegin  string
+	freshWrites uint64
 
 	// The deadline watchdog (watchdog.go), for a non-pgx connection whose
 	// socket warmpg dialled: nc is that socket.
@@ -221,6 +227,10 @@ func (c *conn) beginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		disarm := c.watch(ctx)
 		tx, err := bt.BeginTx(ctx, opts)
 		disarm()
+		if err == nil && c.bc != nil {
+			c.freshBegin, _ = beginSQL(opts, false)
+			c.freshWrites = c.bc.writes.Load()
+		}
 		return c.wrapTx(ctx, tx, err)
 	}
 	// A driver without BeginTx cannot begin read-only; on a pool_read_only
@@ -289,7 +299,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	case driver.ExecerContext:
 		defer c.watch(ctx)()
 		res, err := e.ExecContext(ctx, query, args)
-		if err != nil && c.pgx != nil && c.canResend(ctx, err, query, c.pgxExtended(args, true)) {
+		if err != nil && c.pgx != nil && c.mayResend(ctx, err, query, c.pgxExtended(args, true)) {
 			res, err = c.resendExec(ctx, e, query, args, err)
 		}
 		err = c.afterLazy(err)
@@ -322,7 +332,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	case driver.QueryerContext:
 		disarm := c.watch(ctx)
 		rows, err := q.QueryContext(ctx, query, args)
-		if err != nil && c.pgx != nil && c.canResend(ctx, err, query, c.pgxExtended(args, false)) {
+		if err != nil && c.pgx != nil && c.mayResend(ctx, err, query, c.pgxExtended(args, false)) {
 			rows, err = c.resendQuery(ctx, q, query, args, err)
 		}
 		err = c.afterLazy(err)

@@ -47,6 +47,8 @@ type lazyTx struct {
 	// aborted is set once the transaction did not begin: the statements
 	// after the first fail without being sent.
 	aborted bool
+	// begin is the BEGIN's text.
+	begin string
 }
 
 // canLazyBegin reports whether c begins its transactions lazily: a pgx
@@ -69,7 +71,7 @@ func (c *conn) beginLazy(ctx context.Context, opts driver.TxOptions) (driver.Tx,
 		return nil, err
 	}
 	c.c.stats.lazyTx.Add(1)
-	t := &lazyTx{c: c, ctx: ctx}
+	t := &lazyTx{c: c, ctx: ctx, begin: begin}
 	c.lazy = t
 	c.bc.arm(begin)
 	return t, nil

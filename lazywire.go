@@ -42,6 +42,11 @@ type beginConn struct {
 	// replies to one are still to be taken out: the fast paths read only
 	// these. Both change under mu, with the state below.
 	armed, filtering atomic.Bool
+	// writes counts pgx's writes; beginAt is the count of the one that
+	// carried the last BEGIN (under mu). Together they tell that a
+	// transaction ran nothing but its first statement (restartTx).
+	writes  atomic.Uint64
+	beginAt uint64
 
 	mu    sync.Mutex
 	begin string // the pending BEGIN's text, while armed
@@ -130,6 +135,14 @@ func (b *beginConn) disarm() beginOutcome {
 	return b.outcome
 }
 
+// begun reports what became of the last BEGIN armed, and the count of the
+// write that carried it.
+func (b *beginConn) begun() (beginOutcome, uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.outcome, b.beginAt
+}
+
 // state reports what became of the last BEGIN armed, and whether it went in
 // a simple Query's text.
 func (b *beginConn) state() (beginOutcome, bool) {
@@ -139,6 +152,7 @@ func (b *beginConn) state() (beginOutcome, bool) {
 }
 
 func (b *beginConn) Write(p []byte) (int, error) {
+	b.writes.Add(1)
 	if !b.armed.Load() || len(p) < 5 {
 		return b.Conn.Write(p)
 	}
@@ -174,6 +188,7 @@ func (b *beginConn) Write(p []byte) (int, error) {
 	b.begin = ""
 	b.armed.Store(false)
 	b.outcome = beginSent
+	b.beginAt = b.writes.Load()
 	b.nhdr, b.drop, b.pass = 0, 0, 0
 	b.filtering.Store(true)
 	b.mu.Unlock()

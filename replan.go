@@ -71,6 +71,66 @@ func (c *conn) canResend(ctx context.Context, err error, query string, extended 
 	return !c.maybeTx
 }
 
+// mayResend reports whether a statement that failed with err may be sent
+// again: outside a transaction (canResend), or as the first statement of
+// one, which is then begun again (restartTx).
+func (c *conn) mayResend(ctx context.Context, err error, query string, extended bool) bool {
+	return c.canResend(ctx, err, query, extended) || c.restartTx(ctx, err, query, extended)
+}
+
+// restartTx takes a statement that failed with the replan error as the
+// first statement of its transaction on a pgx connection: the transaction
+// ran nothing but its BEGIN — with pool_lazy_begin the BEGIN went in the
+// same write as the statement, and nothing was written since; with
+// BeginTx's own BEGIN, the statement was the only write since (warmpg's
+// wire layer counts them, Raw's included). It rolls the
+// aborted transaction back and begins it again (with pool_lazy_begin, the
+// BEGIN goes with the resend), and reports whether the statement may be
+// resent. Had the connection warmed the statement ahead (or cached it by an
+// earlier use) before a migration changed its result columns, plain pgx,
+// which would prepare it now, would not fail here (issue 23).
+//
+// A BEGIN that fails after the rollback leaves the transaction the
+// application holds gone: the connection is closed, so that nothing it
+// runs next runs outside a transaction.
+func (c *conn) restartTx(ctx context.Context, err error, query string, extended bool) bool {
+	if c.pgx == nil || c.bc == nil || !c.c.cfg.replan || !isReplanErr(err) || ctx.Err() != nil || c.timedOut.Load() ||
+		!extended || !resendable(query) {
+		return false
+	}
+	pc := c.pgx.Conn()
+	if pc.PgConn().TxStatus() != 'E' {
+		return false
+	}
+	writes := c.bc.writes.Load()
+	var begin string
+	switch t := c.lazy; {
+	case t != nil:
+		out, at := c.bc.begun()
+		if t.aborted || out != beginDone || writes != at {
+			return false
+		}
+		begin = t.begin
+	case c.freshBegin != "" && writes == c.freshWrites+1:
+		begin = c.freshBegin
+	default:
+		return false
+	}
+	if _, err := pc.Exec(ctx, "rollback"); err != nil {
+		return false
+	}
+	if c.lazy != nil {
+		c.bc.arm(begin)
+		return true
+	}
+	if _, err := pc.Exec(ctx, begin); err != nil {
+		_ = pc.Close(ctx)
+		return false
+	}
+	c.freshWrites = c.bc.writes.Load()
+	return true
+}
+
 // resendable reports whether query, sent with the extended protocol, ran
 // nothing when it failed with the replan error: the server raises it while
 // it binds a statement it keeps prepared, before executing it — but only

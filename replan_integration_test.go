@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver, for the baseline
+	"github.com/jackc/pgx/v5/stdlib" // and the "pgx" driver, for the baseline
 	"github.com/lib/pq"
 
 	"github.com/warmpg/warmpg"
@@ -254,8 +254,9 @@ func replans(t *testing.T, db *sql.DB) int64 {
 	return st.Replans
 }
 
-// TestReplanInTransaction: inside a transaction the replan error aborted
-// the transaction, so warmpg returns it and resends nothing; after the
+// TestReplanInTransaction: inside a transaction, after a statement that
+// ran, the replan error aborted the transaction, so warmpg returns it and
+// resends nothing; after the
 // rollback the statement runs again with the new columns, outside the
 // transaction, on the same connection.
 func TestReplanInTransaction(t *testing.T) {
@@ -298,6 +299,11 @@ func TestReplanInTransaction(t *testing.T) {
 			}
 			tx, err := db.BeginTx(ctx, nil)
 			if err != nil {
+				t.Fatal(err)
+			}
+			// Not the transaction's first statement: that one is begun
+			// again and resent on pgx (TestReplanFirstStatementOfTransaction).
+			if _, err := tx.ExecContext(ctx, "update "+table+" set a = a where id = $1", 1); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := run(tx); !isPlanChanged(err) {
@@ -638,6 +644,180 @@ func TestReplanOff(t *testing.T) {
 			}
 			if _, err := replanColumns(st.QueryContext(ctx, 1)); !isPlanChanged(err) {
 				t.Fatalf("with pool_replan=false: %v, want the 0A000 from RevalidateCachedQuery", err)
+			}
+			if r := replans(t, db); r != 0 {
+				t.Fatalf("Replans = %d, want 0", r)
+			}
+		})
+	}
+}
+
+// Issue 23, part 3: no more failures than plain pgx after a migration.
+// Four connections have `select * from t where id = $1` prepared — warmed
+// ahead by warmpg, or cached by an earlier use — then a migration adds a
+// column, then each connection runs a transaction whose first statement is
+// that one. Plain pgx fails only where it cached the statement itself;
+// warmpg's transaction ran nothing but its BEGIN when the statement failed
+// at bind, so warmpg begins it again and resends the statement: no
+// transaction fails, with pool_lazy_begin on (the BEGIN went with the
+// statement) or off (the statement was the only write since BeginTx's
+// BEGIN).
+func TestReplanFirstStatementOfTransaction(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 2*time.Minute)
+	const n = 4
+	for _, prep := range []string{"warmed", "used", "stmt"} {
+		for _, via := range []string{"pgx", "warmpg", "warmpg eager", "warmpg unwarmed"} {
+			t.Run(prep+"/"+via, func(t *testing.T) {
+				table := replanTable(t, ctx, srv)
+				q := "select * from " + table + " where id = $1"
+				var db *sql.DB
+				var err error
+				switch via {
+				case "pgx":
+					db, err = sql.Open("pgx", srv.URL("application_name="+appName(t)))
+				case "warmpg":
+					db, err = warmpg.Open(srv.URL("pool_max_conns=4", "application_name="+appName(t)), warmpg.WithWarmStatements(q))
+				case "warmpg eager":
+					db, err = warmpg.Open(srv.URL("pool_max_conns=4", "pool_lazy_begin=false", "application_name="+appName(t)), warmpg.WithWarmStatements(q))
+				default:
+					db, err = warmpg.Open(srv.URL("pool_max_conns=4", "pool_warm_statements=0", "application_name="+appName(t)))
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				db.SetMaxOpenConns(n)
+				db.SetMaxIdleConns(n)
+				conns := make([]*sql.Conn, n)
+				stmts := make([]*sql.Stmt, n)
+				for i := range conns {
+					if conns[i], err = db.Conn(ctx); err != nil {
+						t.Fatal(err)
+					}
+					defer conns[i].Close()
+					switch prep {
+					case "used":
+						for range 2 {
+							if _, err := replanColumns(conns[i].QueryContext(ctx, q, 1)); err != nil {
+								t.Fatal(err)
+							}
+						}
+					case "stmt":
+						if stmts[i], err = conns[i].PrepareContext(ctx, q); err != nil {
+							t.Fatal(err)
+						}
+						defer stmts[i].Close()
+					}
+				}
+				if err := srv.Exec(ctx, "alter table "+table+" add column email text"); err != nil {
+					t.Fatal(err)
+				}
+				fails := 0
+				var first error
+				for i, c := range conns {
+					tx, err := c.BeginTx(ctx, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					var cols int
+					if prep == "stmt" {
+						cols, err = replanColumns(tx.StmtContext(ctx, stmts[i]).QueryContext(ctx, 1))
+					} else {
+						cols, err = replanColumns(tx.QueryContext(ctx, q, 1))
+					}
+					if err == nil && cols != 3 {
+						err = fmt.Errorf("%d columns, want 3 (the new one)", cols)
+					}
+					if err == nil {
+						// The transaction goes on as one: a write and a
+						// read of it, then the commit.
+						if _, err = tx.ExecContext(ctx, "update "+table+" set a = -1 where id = $1", i+1); err == nil {
+							var a int
+							if err = tx.QueryRowContext(ctx, "select a from "+table+" where id = $1", i+1).Scan(&a); err == nil && a != -1 {
+								err = fmt.Errorf("the transaction does not see its own write: a = %d", a)
+							}
+						}
+					}
+					if err != nil {
+						fails++
+						if first == nil {
+							first = err
+						}
+						_ = tx.Rollback()
+						continue
+					}
+					if err := tx.Commit(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				want := 0
+				if via == "pgx" && prep != "warmed" {
+					want = n // the statement was cached by pgx itself
+				}
+				if fails != want {
+					t.Fatalf("%d of %d transactions failed, want %d (first: %v)", fails, n, want, first)
+				}
+				if via == "pgx" {
+					return
+				}
+				for _, c := range conns {
+					c.Close()
+				}
+				var updated int
+				if err := db.QueryRowContext(ctx, "select count(*) from "+table+" where a = -1").Scan(&updated); err != nil || updated != n {
+					t.Fatalf("%d rows committed (%v), want %d", updated, err, n)
+				}
+				if r := replans(t, db); (via == "warmpg unwarmed" && prep == "warmed" && r != 0) || (!(via == "warmpg unwarmed" && prep == "warmed") && r != n) {
+					t.Errorf("Replans = %d", r)
+				}
+			})
+		}
+	}
+}
+
+// TestReplanNoRestartAfterRaw: a statement run through Raw inside a
+// pool_lazy_begin transaction carried the BEGIN and ran; a replan error on
+// the next statement must not roll the transaction back and begin it
+// again (the Raw write would be lost while the transaction goes on): it is
+// returned, as when any statement ran before it.
+func TestReplanNoRestartAfterRaw(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, time.Minute)
+	for _, lazy := range []string{"true", "false"} {
+		t.Run("pool_lazy_begin="+lazy, func(t *testing.T) {
+			db := openReplan(t, srv, warmpg.BackendPgx, "pool_lazy_begin="+lazy)
+			table := replanTable(t, ctx, srv)
+			log := newTable(t, ctx, srv, "rawlog", "create table %s (v int)")
+			q := "select * from " + table + " where id = $1"
+			for range 2 {
+				if _, err := replanColumns(db.QueryContext(ctx, q, 1)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := srv.Exec(ctx, "alter table "+table+" add column b int"); err != nil {
+				t.Fatal(err)
+			}
+			conn, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			tx, err := conn.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := conn.Raw(func(dc any) error {
+				_, err := warmpg.Unwrap(dc).(*stdlib.Conn).Conn().Exec(ctx, "insert into "+log+" values ($1)", 1)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := replanColumns(tx.QueryContext(ctx, q, 1)); !isPlanChanged(err) {
+				t.Fatalf("after a write through Raw: %v, want the 0A000 from RevalidateCachedQuery", err)
+			}
+			if err := tx.Commit(); err == nil {
+				t.Fatal("the aborted transaction committed")
 			}
 			if r := replans(t, db); r != 0 {
 				t.Fatalf("Replans = %d, want 0", r)

@@ -117,7 +117,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	var err error
 	disarm := s.c.watch(ctx)
 	res, err = s.runExec(ctx, args)
-	if err != nil && s.replans && s.c.canResend(ctx, err, s.sql, true) {
+	if err != nil && s.replans && s.c.mayResend(ctx, err, s.sql, true) {
 		if rerr := s.replan(ctx); rerr != nil {
 			err = errors.Join(err, rerr)
 		} else {
@@ -140,7 +140,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	var err error
 	disarm := s.c.watch(ctx)
 	rows, err = s.runQuery(ctx, args)
-	if err != nil && s.replans && s.c.canResend(ctx, err, s.sql, true) {
+	if err != nil && s.replans && s.c.mayResend(ctx, err, s.sql, true) {
 		if rerr := s.replan(ctx); rerr != nil {
 			err = errors.Join(err, rerr)
 		} else {
