@@ -103,6 +103,10 @@ type conn struct {
 	// learns: statements run on c feed the connector's hot statements
 	// (statements.go).
 	learns bool
+	// warmed: the statements warming prepared on c, until one goes stale;
+	// staleSeen: the connector's staleGen c has taken in (statements.go).
+	warmed    []string
+	staleSeen uint64
 }
 
 // connNVC is a conn whose inner connection is a driver.NamedValueChecker.
@@ -124,6 +128,7 @@ func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
 		w.raw = rawConnOf(nc)
 		w.snapshotParams()
 		w.learns = c.hot != nil && w.warmCap() > 0
+		w.staleSeen = c.staleGen.Load()
 	} else if nc != nil {
 		w.nc = nc
 		w.raw = rawConnOf(nc)
@@ -295,6 +300,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	}
 	info := c.noteStatement(query)
 	c.learn(query, len(args))
+	c.noteStale(ctx)
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		defer c.watch(ctx)()
@@ -328,6 +334,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	}
 	c.noteStatement(query)
 	c.learn(query, len(args))
+	c.noteStale(ctx)
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
 		disarm := c.watch(ctx)

@@ -75,6 +75,9 @@ func (c *conn) canResend(ctx context.Context, err error, query string, extended 
 // again: outside a transaction (canResend), or as the first statement of
 // one, which is then begun again (restartTx).
 func (c *conn) mayResend(ctx context.Context, err error, query string, extended bool) bool {
+	if c.pgx != nil && isReplanErr(err) {
+		c.c.markStale(query)
+	}
 	return c.canResend(ctx, err, query, extended) || c.restartTx(ctx, err, query, extended)
 }
 

@@ -381,6 +381,7 @@ func (c *Connector) warmStatements(ctx context.Context, b *conn) error {
 			strings.Contains(err.Error(), "mismatched param and argument count"):
 			// Prepared, cached, and nothing executed.
 			c.stats.stmtsWarmed.Add(int64(len(list)))
+			b.warmed = list
 			return nil
 		case errors.As(err, &pre) && errors.As(err, &pgErr) && slices.Contains(list, pre.SQL()) &&
 			(pgErr.Code == codeLockNotAvailable || pgErr.Code == codeQueryCanceled) && pc.PgConn().TxStatus() == 'I':
@@ -426,6 +427,76 @@ func (c *Connector) warmStatements(ctx context.Context, b *conn) error {
 	return nil
 }
 
+// Stale warmed statements. A statement warmed on a connection is prepared
+// there before the application runs it: a migration that changes its
+// result columns makes it fail where plain pgx, which would prepare it at
+// its first use, would not. Where the failure can be resent (replan.go)
+// nothing is lost; inside a transaction, after a statement that ran, it
+// cannot. So the first connection that meets the error tells the
+// connector (markStale), and every other connection that warmed the
+// statement drops its copy from pgx's cache before its next statement
+// (dropStale): pgx prepares it again at its use, as plain pgx would have.
+
+// staleKeep bounds the log of stale statements (the oldest go first).
+const staleKeep = 256
+
+// markStale records that sql's result columns changed under a prepared
+// copy (the server said so on some connection).
+func (c *Connector) markStale(sql string) {
+	c.staleMu.Lock()
+	defer c.staleMu.Unlock()
+	gen := c.staleGen.Load() + 1
+	if len(c.staleLog) >= staleKeep {
+		c.staleLog = slices.Delete(c.staleLog, 0, len(c.staleLog)-staleKeep+1)
+	}
+	c.staleLog = append(c.staleLog, staleEntry{sql: sql, gen: gen})
+	c.staleGen.Store(gen)
+}
+
+type staleEntry struct {
+	sql string
+	gen uint64
+}
+
+// noteStale runs before each statement on a connection that warmed
+// statements: one atomic load, unless a statement went stale since.
+func (c *conn) noteStale(ctx context.Context) {
+	if c.warmed != nil && c.c.staleGen.Load() != c.staleSeen {
+		c.dropStale(ctx)
+	}
+}
+
+// dropStale drops from pgx's statement cache the statements c warmed that
+// went stale since c last looked (or since c connected). pgx has no call
+// that drops one entry: an execution it refuses before sending anything
+// (more arguments than any statement has) makes it drop the statement
+// from its cache, and deallocate it at its next call. A statement older
+// than the log's memory is dropped all the same.
+func (c *conn) dropStale(ctx context.Context) {
+	c.c.staleMu.Lock()
+	gen := c.c.staleGen.Load()
+	var stale []string
+	lost := len(c.c.staleLog) > 0 && c.c.staleLog[0].gen > c.staleSeen+1
+	for _, e := range c.c.staleLog {
+		if e.gen > c.staleSeen && slices.Contains(c.warmed, e.sql) {
+			stale = append(stale, e.sql)
+		}
+	}
+	c.c.staleMu.Unlock()
+	c.staleSeen = gen
+	if lost {
+		stale = c.warmed
+	}
+	pc := c.pgx.Conn()
+	for _, q := range stale {
+		_, _ = pc.Exec(ctx, q, impossibleArgs()...)
+	}
+	c.warmed = slices.DeleteFunc(slices.Clone(c.warmed), func(s string) bool { return slices.Contains(stale, s) })
+	if len(c.warmed) == 0 {
+		c.warmed = nil
+	}
+}
+
 // warmState is the Connector's statement warming state.
 type warmState struct {
 	hot     *hotStmts   // nil: nothing learned (off, or pool_pgbouncer)
@@ -435,6 +506,11 @@ type warmState struct {
 	lockMu  sync.Mutex
 	locked  map[string]time.Time
 	lockedN atomic.Int32
+	// staleLog: statements whose prepared copies went stale (markStale),
+	// each with the staleGen it set.
+	staleMu  sync.Mutex
+	staleLog []staleEntry
+	staleGen atomic.Uint64
 }
 
 // initWarm sets up learning when statement warming is on.

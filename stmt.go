@@ -112,6 +112,7 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 	if err := s.before(ctx); err != nil {
 		return nil, err
 	}
+	s.c.noteStale(ctx)
 	s.c.note(s.info)
 	var res driver.Result
 	var err error
@@ -135,6 +136,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 	if err := s.before(ctx); err != nil {
 		return nil, err
 	}
+	s.c.noteStale(ctx)
 	s.c.note(s.info)
 	var rows driver.Rows
 	var err error
