@@ -309,6 +309,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 			res, err = c.resendExec(ctx, e, query, args, err)
 		}
 		err = c.afterLazy(err)
+		if err != nil && c.lazy != nil && len(args) == 0 {
+			err = c.lazySyntax(ctx, query, err)
+		}
 		c.noteDone(info, err)
 		return res, c.ctxErr(ctx, err)
 	case driver.Execer: //nolint:staticcheck // legacy drivers

@@ -127,12 +127,18 @@ func (c *conn) beforeLazy() error {
 
 // afterLazy takes a statement's error in a lazy transaction: when the BEGIN
 // that went with it failed, the transaction is aborted and err says why.
+// When the BEGIN went in the text of this statement's simple Query, the
+// server counted the error's position from the start of "begin …;\n":
+// it is set back to the statement's own text.
 func (c *conn) afterLazy(err error) error {
 	t := c.lazy
 	if t == nil || t.aborted || err == nil {
 		return err
 	}
 	out, simple := c.bc.state()
+	if simple {
+		c.lazyPosition(t, err)
+	}
 	if out != beginFailed {
 		return err
 	}
@@ -146,6 +152,59 @@ func (c *conn) afterLazy(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %w", ErrLazyBeginFailed, err)
+}
+
+// lazyPosition sets back the position of a server error in a statement
+// whose simple Query text carried t's BEGIN (the last write): by the
+// length of the "begin …;\n" in front of it.
+func (c *conn) lazyPosition(t *lazyTx, err error) {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Position == 0 {
+		return
+	}
+	if _, at := c.bc.begun(); at != c.bc.writes.Load() {
+		return
+	}
+	if n := int32(len(t.begin) + len(";\n")); pe.Position > n {
+		pe.Position -= n
+	}
+}
+
+// lazySyntax runs again, the way BeginTx's BEGIN followed by it would, a
+// simple-protocol statement that carried t's BEGIN in its text and that
+// the server rejected whole because it does not parse: nothing ran, not
+// even the BEGIN. It sends the BEGIN alone, then the statement alone, and
+// returns the statement's own error — every field as eager BEGIN gives it —
+// with the transaction begun and aborted on the server, as eager BEGIN
+// leaves it: later statements get the server's own 25P02, and Commit its
+// ROLLBACK. Syntax is checked before anything runs, so the statement fails
+// again the same way. It returns err unchanged when it cannot do that.
+func (c *conn) lazySyntax(ctx context.Context, query string, err error) error {
+	t := c.lazy
+	var pe *pgconn.PgError
+	if t == nil || !t.aborted || !errors.As(err, &pe) || !strings.HasPrefix(pe.Code, "42") || ctx.Err() != nil {
+		return err
+	}
+	if out, simple := c.bc.state(); out != beginFailed || !simple {
+		return err
+	}
+	if _, at := c.bc.begun(); at != c.bc.writes.Load() {
+		return err
+	}
+	pc := c.pgx.Conn()
+	if _, berr := pc.Exec(ctx, t.begin); berr != nil {
+		return err
+	}
+	_, again := pc.Exec(ctx, query)
+	if again == nil || pc.PgConn().TxStatus() != 'E' {
+		// Not what a statement that does not parse does: close the
+		// connection rather than guess what ran.
+		_ = pc.Close(ctx)
+		return err
+	}
+	t.aborted = false
+	c.bc.begunNow()
+	return again
 }
 
 func (t *lazyTx) Commit() error   { return t.end(true) }

@@ -198,10 +198,12 @@ func TestLazyBeginSameAsEager(t *testing.T) {
 		Commit  string
 		Isolate string
 	}
+	// Every field of a server error: its position in the statement's own
+	// text above all, which tools underline.
 	errCode := func(err error) string {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) {
-			return pe.Code
+			return fmt.Sprintf("%+v", *pe)
 		}
 		if err == nil {
 			return ""
@@ -209,6 +211,31 @@ func TestLazyBeginSameAsEager(t *testing.T) {
 		return err.Error()
 	}
 	scenarios := map[string]func(t *testing.T, db *sql.DB, table string) outcome{
+		"first-statement-errors": func(t *testing.T, db *sql.DB, table string) outcome {
+			var o outcome
+			for _, q := range []string{
+				"select nosuchcol from " + table,    // 42703
+				"select 1 frm " + table,             // 42601
+				"select 'x'::int from " + table,     // 22P02
+				"  select nosuchcol from " + table,  // a position past white space
+				"select 1; select nosuchcol from t", // the second of two statements
+			} {
+				for _, args := range [][]any{nil, {1}} {
+					tx, err := db.BeginTx(ctx, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					qq := q
+					if args != nil {
+						qq = strings.Replace(q, " from ", ", $1::int from ", 1)
+					}
+					_, err = tx.ExecContext(ctx, qq, args...)
+					o.Errs = append(o.Errs, errCode(err))
+					o.Errs = append(o.Errs, errCode(tx.Rollback()))
+				}
+			}
+			return o
+		},
 		"types": func(t *testing.T, db *sql.DB, table string) outcome {
 			tx, err := db.BeginTx(ctx, nil)
 			if err != nil {
@@ -399,6 +426,9 @@ func TestLazyBeginSameAsEager(t *testing.T) {
 				table := lazyTable(t, ctx, srv)
 				db := lazyDB(t, via, m.param)
 				got[i] = run(t, db, table)
+				for j, e := range got[i].Errs {
+					got[i].Errs[j] = strings.ReplaceAll(e, table, "T")
+				}
 				if s, _ := warmpg.Stats(db); m.name == "eager" && s.LazyTxs > 0 {
 					t.Errorf("%s: LazyTxs = %d", m.name, s.LazyTxs)
 				}

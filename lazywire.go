@@ -42,8 +42,9 @@ type beginConn struct {
 	// replies to one are still to be taken out: the fast paths read only
 	// these. Both change under mu, with the state below.
 	armed, filtering atomic.Bool
-	// writes counts pgx's writes; beginAt is the count of the one that
-	// carried the last BEGIN (under mu). Together they tell that a
+	// writes counts pgx's writes but those that only deallocate
+	// (onlyCloses); beginAt is the count of the one that carried the last
+	// BEGIN, or of the next one when that was a deallocation (under mu). Together they tell that a
 	// transaction ran nothing but its first statement (restartTx).
 	writes  atomic.Uint64
 	beginAt uint64
@@ -143,6 +144,15 @@ func (b *beginConn) begun() (beginOutcome, uint64) {
 	return b.outcome, b.beginAt
 }
 
+// begunNow records that the transaction was begun by other means than the
+// BEGIN armed (lazySyntax sent it alone).
+func (b *beginConn) begunNow() {
+	b.mu.Lock()
+	b.begin, b.outcome = "", beginDone
+	b.armed.Store(false)
+	b.mu.Unlock()
+}
+
 // state reports what became of the last BEGIN armed, and whether it went in
 // a simple Query's text.
 func (b *beginConn) state() (beginOutcome, bool) {
@@ -152,7 +162,10 @@ func (b *beginConn) state() (beginOutcome, bool) {
 }
 
 func (b *beginConn) Write(p []byte) (int, error) {
-	b.writes.Add(1)
+	closes := len(p) > 0 && p[0] == 'C' && onlyCloses(p)
+	if !closes {
+		b.writes.Add(1)
+	}
 	if !b.armed.Load() || len(p) < 5 {
 		return b.Conn.Write(p)
 	}
@@ -189,6 +202,11 @@ func (b *beginConn) Write(p []byte) (int, error) {
 	b.armed.Store(false)
 	b.outcome = beginSent
 	b.beginAt = b.writes.Load()
+	if closes {
+		// pgx deallocating statements carried the BEGIN: the statement
+		// that follows is the transaction's first.
+		b.beginAt++
+	}
 	b.nhdr, b.drop, b.pass = 0, 0, 0
 	b.filtering.Store(true)
 	b.mu.Unlock()
@@ -204,6 +222,28 @@ func (b *beginConn) Write(p []byte) (int, error) {
 		// is n == 0), and not all of p.
 		return min(max(n-(len(buf)-len(p)), 1), len(p)-1), err
 	}
+}
+
+// onlyCloses reports whether p holds nothing but Close, Flush and Sync
+// messages (pgx deallocating the statements it dropped from its cache):
+// a write that runs nothing, which restartTx need not count.
+func onlyCloses(p []byte) bool {
+	for len(p) > 0 {
+		if len(p) < 5 {
+			return false
+		}
+		switch p[0] {
+		case 'C', 'H', 'S':
+		default:
+			return false
+		}
+		n := int(binary.BigEndian.Uint32(p[1:5])) + 1
+		if n < 5 || n > len(p) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
 }
 
 // appendBegin appends the extended-protocol messages that run begin on the

@@ -309,7 +309,7 @@ const (
 	// else (granting a free lock takes microseconds).
 	warmLockTimeout = time.Millisecond
 	// warmBudget bounds a connection's warming, every round trip included.
-	warmBudget = 100 * time.Millisecond
+	warmBudget = 500 * time.Millisecond
 	// warmLockCooldown: how long the connections after one that met a
 	// lock leave the locked statement out (they warm the rest); then
 	// they try it again.
