@@ -122,6 +122,10 @@ func TestKeepWarmTerminatedReplacedBeforeUse(t *testing.T) {
 	if got := st1.Connects - st0.Connects; got != 12 {
 		t.Errorf("keep-warm dialled %d connections after the terminate, want 12: its 6 ready ones and database/sql's 6 idle ones (counters %v)", got, st1)
 	}
+	// The dead ones hold no backend: the server sees pool_max_conns.
+	if n, err := srv.BackendCount(ctx, app); err != nil || n != 12 {
+		t.Errorf("%d backends after the replacements (%v), want 12 (pool_max_conns)", n, err)
+	}
 
 	p.Reset()
 	if _, err := terminateBurst(ctx, db, 6); err != nil {
@@ -131,6 +135,9 @@ func TestKeepWarmTerminatedReplacedBeforeUse(t *testing.T) {
 	// Anything the burst made keep-warm dial would show within its ticks.
 	time.Sleep(time.Second)
 	st3 := mustStats(t, db)
+	if n, err := srv.BackendCount(ctx, app); err != nil || n != 12 {
+		t.Errorf("%d backends after the burst (%v), want 12: 6 in database/sql, 6 ready", n, err)
+	}
 
 	// What each connection sent, apart from those opened since the
 	// Reset (their startup and warming).
