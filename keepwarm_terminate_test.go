@@ -3,6 +3,7 @@ package warmpg_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -95,7 +96,8 @@ func waitCounters(db *sql.DB, d time.Duration, ok func(warmpg.Counters) bool) wa
 // ready one with the learned statement prepared, so each first use is one
 // round trip (Bind, Execute, Sync: no Parse), no connection is dialled
 // while it runs, and none has to be dialled after it. Counted by the proxy
-// and the counters, not timed.
+// and the counters, not timed; the burst holds its 6 connections at once
+// (heldBurst), so it uses 6 however the goroutines are scheduled.
 func TestKeepWarmTerminatedReplacedBeforeUse(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := ctxT(t, 60*time.Second)
@@ -128,7 +130,7 @@ func TestKeepWarmTerminatedReplacedBeforeUse(t *testing.T) {
 	}
 
 	p.Reset()
-	if _, err := terminateBurst(ctx, db, 6); err != nil {
+	if err := heldBurst(ctx, db, 6); err != nil {
 		t.Fatal(err)
 	}
 	st2 := mustStats(t, db)
@@ -169,6 +171,34 @@ func TestKeepWarmTerminatedReplacedBeforeUse(t *testing.T) {
 		t.Errorf("%d connects and %d connections dialled during and after the burst, want none: keep-warm had replaced every dead connection before it (counters %v)",
 			st3.Connects-st1.Connects, len(dialled), st3)
 	}
+}
+
+// heldBurst is terminateBurst with each of the n connections taken before
+// any query runs, so that none returns to database/sql's pool before all
+// are out: the burst uses n distinct connections however the goroutines
+// are scheduled, and every dead idle connection is found by one of them.
+func heldBurst(ctx context.Context, db *sql.DB, n int) error {
+	errs := make([]error, n)
+	var got, wg sync.WaitGroup
+	got.Add(n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := db.Conn(ctx)
+			got.Done()
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer c.Close()
+			got.Wait()
+			var x int
+			errs[i] = c.QueryRowContext(ctx, "select $1::int + 1", i).Scan(&x)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // settled waits (bounded) until db's Connects has not changed for longer
