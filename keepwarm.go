@@ -163,23 +163,35 @@ func (r *ready) reconcile() time.Duration {
 	}
 	r.conns = keep
 	target := r.prewarmOwed + cfg.minIdleConns
-	retiring := 0
+	retiring, gone := 0, 0
 	if cfg.keepWarm() {
 		for lc := range r.live {
-			if lc.expiresWithin(now, expiryLead) {
+			switch {
+			case lc.serverGone():
+				gone++
+			case lc.expiresWithin(now, expiryLead):
 				retiring++
 			}
 		}
-		target += retiring
+		// A connection database/sql holds whose server closed it (its
+		// backend was terminated: a failover, an idle-session killer) will
+		// be discarded at its next use, and that use then takes a ready
+		// connection: its replacement is dialled now, as for an expiry,
+		// not during the burst that finds it dead.
+		target += retiring + gone
 	}
+	// The connections the server still has for this connector.
+	alive := len(r.live) - gone
 	need := target - len(r.conns) - r.dialing
 	if cfg.maxConns > 0 {
 		// The store and database/sql's connections stay within
 		// pool_max_conns, except that replacements for connections about
 		// to reach their lifetime are dialled before those retire: up to
 		// pool_min_idle_conns over the limit, for at most expiryLead.
+		// Connections the server closed do not count: they hold no
+		// backend.
 		overlap := min(retiring, cfg.minIdleConns)
-		need = min(need, cfg.maxConns+overlap-len(r.live)-len(r.conns)-r.dialing)
+		need = min(need, cfg.maxConns+overlap-alive-len(r.conns)-r.dialing)
 	}
 	switch {
 	case r.slots == 0 && r.slotsProbing:
@@ -193,11 +205,11 @@ func (r *ready) reconcile() time.Duration {
 		// Keep-warm never takes the server's last slots: this
 		// connector's connections — in use, ready and being dialled —
 		// stay within half of those not reserved for superusers.
-		allowed := r.slots/2 - len(r.live) - len(r.conns) - r.dialing
+		allowed := r.slots/2 - alive - len(r.conns) - r.dialing
 		if need > allowed && !r.slotsLogged {
 			r.slotsLogged = true
 			cfg.logEvent(slog.LevelWarn, "warmpg: keep-warm holds fewer ready connections than pool_min_idle_conns: it stays within half of the server's connection slots",
-				"pool_min_idle_conns", cfg.minIdleConns, "server_slots", r.slots, "in_use", len(r.live))
+				"pool_min_idle_conns", cfg.minIdleConns, "server_slots", r.slots, "in_use", alive)
 		}
 		need = min(need, allowed)
 	}
@@ -512,6 +524,10 @@ func (c *conn) expired(now time.Time) bool {
 func (c *conn) expiredNow() bool {
 	return !c.expiresAt.IsZero() && !time.Now().Before(c.expiresAt)
 }
+
+// serverGone reports, without I/O, whether the server closed c's socket
+// (see peerClosed); false when warmpg cannot see the socket.
+func (c *conn) serverGone() bool { return c.raw != nil && peerClosed(c.raw) }
 
 func (c *conn) expiresWithin(now time.Time, d time.Duration) bool {
 	return !c.expiresAt.IsZero() && c.expiresAt.Sub(now) < d
