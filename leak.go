@@ -82,10 +82,13 @@ type holds struct {
 	episode atomic.Pointer[episode] // the current exhaustion; nil: none
 	warming atomic.Int32            // WarmDB calls running: the pool is full on purpose
 	db      atomic.Pointer[sql.DB]
-	ids     atomic.Uint64
-	leaks   atomic.Int64 // checkouts reported held past the threshold
-	reports atomic.Int64 // exhaustions reported
-	running atomic.Bool  // the monitor goroutine was started
+	// The DB's WaitCount and WaitDuration (ns) when setDB saw it or the
+	// last episode ended: where the next episode's waits count from.
+	waitBase, waitedBase atomic.Int64
+	ids                  atomic.Uint64
+	leaks                atomic.Int64 // checkouts reported held past the threshold
+	reports              atomic.Int64 // exhaustions reported
+	running              atomic.Bool  // the monitor goroutine was started
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{} // every open connection (tracking on)
@@ -138,8 +141,11 @@ func (h *holds) setDB(db *sql.DB) {
 	if h.c == nil {
 		return
 	}
+	st := db.Stats()
+	h.waitBase.Store(st.WaitCount)
+	h.waitedBase.Store(int64(st.WaitDuration))
 	h.db.Store(db)
-	h.limit.Store(int64(db.Stats().MaxOpenConnections))
+	h.limit.Store(int64(st.MaxOpenConnections))
 }
 
 // add registers a new connection.
@@ -402,7 +408,15 @@ func (h *holds) begin(now int64) {
 		return
 	}
 	st := db.Stats()
-	e := &episode{at: now, waits: st.WaitCount, waited: int64(st.WaitDuration)}
+	// A request may begin to wait before this checkout is counted (to
+	// database/sql a connection is open from before its Connect returns):
+	// waits since the base count as this episode's, unless one of them
+	// has already ended, outside any episode.
+	waits := h.waitBase.Load()
+	if int64(st.WaitDuration) != h.waitedBase.Load() {
+		waits = st.WaitCount
+	}
+	e := &episode{at: now, waits: waits, waited: int64(st.WaitDuration)}
 	if h.episode.CompareAndSwap(nil, e) {
 		h.start()
 		h.poke()
@@ -493,6 +507,10 @@ func (h *holds) endExhaustion(ex *exhaustion, now int64, recovered bool) {
 	if recovered && ex.reported {
 		h.c.cfg.logEvent(slog.LevelInfo, "warmpg: pool no longer exhausted",
 			"exhausted_for", time.Duration(ex.quiet-ex.ep.at), "in_use", h.inUse.Load(), "limit", h.limit.Load())
+	}
+	if ex.ep != nil {
+		h.waitBase.Store(ex.lastWaits)
+		h.waitedBase.Store(ex.lastWaited)
 	}
 	h.episode.CompareAndSwap(ex.ep, nil)
 	*ex = exhaustion{lastWarn: ex.lastWarn}

@@ -303,6 +303,7 @@ func TestExhaustionReportedWhenRequestsWait(t *testing.T) {
 			t.Fatalf("%d reports, want 1: %v", len(rs), rec.all())
 		}
 		r := rs[0]
+		t.Logf("reported: %v", r.attrs)
 		if r.level != slog.LevelWarn || r.attrs["in_use"] != "2" || r.attrs["limit"] != "2" || r.attrs["waits"] == "0" {
 			t.Errorf("report %v, want Warn in_use=2 limit=2 and the waits", r.attrs)
 		}
