@@ -64,10 +64,12 @@ func (r WarmReport) String() string {
 // pool count), dialling at most pool_warm_parallelism at a time, within ctx
 // and pool_warm_timeout, then returns them all to the pool. A count above the
 // DB's MaxOpenConns is refused, since it could never be held at once.
-// It starts with 4 dials; once one has connected, each connect about as fast
-// as the fastest since (at most 12.5% slower) lets one more start, doubling
-// the window every connect time, and a slower one (a server busy with
-// connects) puts it back to 4, from where it grows more slowly. So the pools
+// It starts with 4 dials; once one has connected, each connect lets one more
+// start, doubling the window every connect time, until a wave of connects
+// (max(8, window) of them) is slow: half of it, or 5 in a row, a third
+// slower than the lowest median of a wave so far (a server busy with
+// connects; single slow connects are noise). That puts it back to 4, from
+// where it grows more slowly. So the pools
 // of a fleet starting together against a server that cannot hold them all
 // each keep a few dials in flight and share its slots, rather than the first
 // to dial taking them all. At the server's first "too many clients" answer
