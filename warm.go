@@ -396,8 +396,8 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 // down; see dialWindow.
 const warmFirstWindow = 4
 
-// waveSlack: a wave of connects is slow if its median took more than the
-// reference plus a waveSlack-th of it (33%); see dialWindow.
+// waveSlack: a connect is slow if it took more than the reference plus a
+// waveSlack-th of it (33%); see dialWindow.
 const waveSlack = 3
 
 // minWave is the fewest connects a wave has; slowRun, how many slow
@@ -422,8 +422,8 @@ const (
 // end; the reference is the lowest median of a wave so far, and a connect
 // is slow if it took more than the reference plus a third. A wave is slow
 // as soon as half of its connects (its upper median), or slowRun in a
-// row, were slow; a wave that ends otherwise offers its lower median as
-// the reference. A slow wave means the server is busy with
+// row, were slow; a wave that ends otherwise becomes the reference if its
+// upper median is lower. A slow wave means the server is busy with
 // connects (each a fork and an authentication), where more dials in
 // flight only queue: the window goes back to first, and from half the
 // window the slow wave began with it grows by one per window of connects
