@@ -40,8 +40,17 @@ import (
 //
 // One goroutine per Connector, started only when needed (the first checkout
 // with pool_leak_threshold on, or the first checkout that finds the pool at
-// its limit) and stopped by Close, looks for connections held past the
-// threshold (every threshold/2) and follows an exhaustion while it lasts.
+// its limit on a *sql.DB warmpg knows) and stopped by Close, looks for
+// connections held past the threshold (every threshold/2) and follows an
+// exhaustion while it lasts.
+//
+// An exhaustion is reported only when requests waited for a connection:
+// database/sql's WaitCount and WaitDuration, read from the *sql.DB that
+// Open or WarmDB introduced (setDB). A pool at its limit whose requests
+// never wait — one goroutine on a pool of one, eight workers on eight
+// connections — is busy, not exhausted. Without the *sql.DB (a plain
+// sql.Open that no WarmDB call has seen) warmpg cannot see the waits and
+// reports no exhaustion at all (docs/exhaustion.md).
 
 // DefaultExhaustedLogInterval is pool_exhausted_log_interval's default.
 const DefaultExhaustedLogInterval = time.Minute
@@ -73,10 +82,13 @@ type holds struct {
 	episode atomic.Pointer[episode] // the current exhaustion; nil: none
 	warming atomic.Int32            // WarmDB calls running: the pool is full on purpose
 	db      atomic.Pointer[sql.DB]
-	ids     atomic.Uint64
-	leaks   atomic.Int64 // checkouts reported held past the threshold
-	reports atomic.Int64 // exhaustions reported
-	running atomic.Bool  // the monitor goroutine was started
+	// The DB's WaitCount and WaitDuration (ns) when setDB saw it or the
+	// last episode ended: where the next episode's waits count from.
+	waitBase, waitedBase atomic.Int64
+	ids                  atomic.Uint64
+	leaks                atomic.Int64 // checkouts reported held past the threshold
+	reports              atomic.Int64 // exhaustions reported
+	running              atomic.Bool  // the monitor goroutine was started
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{} // every open connection (tracking on)
@@ -129,8 +141,11 @@ func (h *holds) setDB(db *sql.DB) {
 	if h.c == nil {
 		return
 	}
+	st := db.Stats()
+	h.waitBase.Store(st.WaitCount)
+	h.waitedBase.Store(int64(st.WaitDuration))
 	h.db.Store(db)
-	h.limit.Store(int64(db.Stats().MaxOpenConnections))
+	h.limit.Store(int64(st.MaxOpenConnections))
 }
 
 // add registers a new connection.
@@ -186,7 +201,7 @@ func (c *conn) checkout() {
 	n := h.inUse.Add(1)
 	if lim := h.limit.Load(); lim > 0 && n >= lim && h.every > 0 {
 		h.full.Add(1)
-		if h.episode.Load() == nil && h.warming.Load() == 0 {
+		if h.episode.Load() == nil && h.warming.Load() == 0 && h.db.Load() != nil {
 			h.begin(now)
 		}
 	}
@@ -374,46 +389,70 @@ func (h *holds) scanLeaks(now int64) {
 	}
 }
 
-// episode is an exhaustion as the checkout that found the pool at its
-// limit began it.
+// episode is a spell of the pool at its limit, as the checkout that found
+// it there began it: a candidate exhaustion, reported only if requests
+// waited (followExhaustion).
 type episode struct {
-	at    int64 // epoch time
-	waits int64 // the DB's WaitCount then; -1: DB unknown
+	at     int64 // epoch time
+	waits  int64 // the DB's WaitCount then
+	waited int64 // the DB's WaitDuration then, ns
 }
 
-// begin starts an exhaustion at now, unless one is already on, and wakes
-// the monitor. Only a checkout that finds the pool at its limit gets here,
-// so the DB's statistics are read once per exhaustion.
+// begin starts an episode at now, unless one is already on, and wakes the
+// monitor. Only a checkout that finds the pool at its limit gets here, on
+// a DB warmpg knows (without it, waits cannot be seen: no episode), so the
+// DB's statistics are read once per episode.
 func (h *holds) begin(now int64) {
-	e := &episode{at: now, waits: -1}
-	if db := h.db.Load(); db != nil {
-		e.waits = db.Stats().WaitCount
+	db := h.db.Load()
+	if db == nil {
+		return
 	}
+	st := db.Stats()
+	// A request may begin to wait before this checkout is counted (to
+	// database/sql a connection is open from before its Connect returns):
+	// waits since the base count as this episode's, unless one of them
+	// has already ended, outside any episode.
+	waits := h.waitBase.Load()
+	if int64(st.WaitDuration) != h.waitedBase.Load() {
+		waits = st.WaitCount
+	}
+	e := &episode{at: now, waits: waits, waited: int64(st.WaitDuration)}
 	if h.episode.CompareAndSwap(nil, e) {
 		h.start()
 		h.poke()
 	}
 }
 
-// exhaustion is the monitor's state of one exhaustion.
+// exhaustion is the monitor's state of one episode.
 type exhaustion struct {
-	ep       *episode // the exhaustion followed
+	ep       *episode // the episode followed
 	lastFull int64    // h.full at the last look
 	quiet    int64    // since when the pool has been below its limit with no checkout at it; 0: it is not
 	reported bool
 	lastWarn int64 // when it was last reported (across exhaustions: at most once per interval)
+
+	// The DB's wait statistics at the last look, and at the last report.
+	lastWaits, lastWaited int64
+	warnWaited            int64
+	// pending: since when (epoch time) a request has been waiting, as far
+	// as the statistics tell: WaitCount grew and WaitDuration, which grows
+	// as each wait ends, did not since. 0: none known.
+	pending int64
 }
 
 // followExhaustion looks at the pool while it is (or was just) at its
-// limit: it reports an exhaustion that lasted grace, again every interval,
-// and its end once the pool stayed below its limit for grace.
+// limit: it reports an exhaustion once requests have waited for a
+// connection for grace — a request still waiting after grace, or waits
+// that add up to grace — again every interval while they go on, and its
+// end once the pool stayed below its limit for grace.
 func (h *holds) followExhaustion(ex *exhaustion, now int64) {
 	ep := h.episode.Load()
 	if ep == nil {
 		return
 	}
 	if ep != ex.ep {
-		*ex = exhaustion{ep: ep, lastFull: h.full.Load(), lastWarn: ex.lastWarn}
+		*ex = exhaustion{ep: ep, lastFull: h.full.Load(), lastWarn: ex.lastWarn,
+			lastWaits: ep.waits, lastWaited: ep.waited, warnWaited: ep.waited}
 	}
 	lim := h.limit.Load()
 	full := h.full.Load()
@@ -421,23 +460,41 @@ func (h *holds) followExhaustion(ex *exhaustion, now int64) {
 	atLimit := full != ex.lastFull || (lim > 0 && n >= lim)
 	ex.lastFull = full
 	grace := int64(h.grace())
+	waits, waited := ex.lastWaits, ex.lastWaited
+	if db := h.db.Load(); db != nil {
+		st := db.Stats()
+		waits, waited = st.WaitCount, int64(st.WaitDuration)
+	}
+	began, ended := waits > ex.lastWaits, waited > ex.lastWaited
+	switch {
+	case ended:
+		// Some wait ended, perhaps every one: none known to be pending.
+		// What they waited counts below.
+		ex.pending = 0
+	case began && ex.pending == 0:
+		ex.pending = now // begun since the last look: waiting since now at least
+	}
+	ex.lastWaits, ex.lastWaited = waits, waited
 	switch {
 	case h.warming.Load() > 0 || lim <= 0:
 		// WarmDB fills the pool on purpose; or the limit went away.
 		h.endExhaustion(ex, now, false)
 	case atLimit:
 		ex.quiet = 0
-		// Reported only while the pool is at its limit now: a pool that
+		// Reported only while the pool is at its limit now (a pool that
 		// touched it in bursts and is below it at this look is not
-		// reported as exhausted with fewer in use than the limit (a
-		// saturated pool is seen at its limit at one look or another).
-		if now-ep.at >= grace && n >= lim && (ex.lastWarn == 0 || now-ex.lastWarn >= int64(h.every)) {
+		// reported as exhausted with fewer in use than the limit), and
+		// only if requests waited for grace since the last report: one
+		// still waiting, or waits adding up to it.
+		waitedLong := (ex.pending != 0 && now-ex.pending >= grace) || waited-ex.warnWaited >= grace
+		if n >= lim && waitedLong && (ex.lastWarn == 0 || now-ex.lastWarn >= int64(h.every)) {
 			if !ex.reported {
 				h.reports.Add(1)
 			}
 			ex.reported = true
 			ex.lastWarn = now
-			h.logExhausted(ex, now, n, lim)
+			ex.warnWaited = waited
+			h.logExhausted(ex, now, n, lim, waits, waited)
 		}
 	case ex.quiet == 0:
 		ex.quiet = now
@@ -450,6 +507,10 @@ func (h *holds) endExhaustion(ex *exhaustion, now int64, recovered bool) {
 	if recovered && ex.reported {
 		h.c.cfg.logEvent(slog.LevelInfo, "warmpg: pool no longer exhausted",
 			"exhausted_for", time.Duration(ex.quiet-ex.ep.at), "in_use", h.inUse.Load(), "limit", h.limit.Load())
+	}
+	if ex.ep != nil {
+		h.waitBase.Store(ex.lastWaits)
+		h.waitedBase.Store(ex.lastWaited)
 	}
 	h.episode.CompareAndSwap(ex.ep, nil)
 	*ex = exhaustion{lastWarn: ex.lastWarn}
@@ -480,15 +541,13 @@ func (h *holds) holders() []holder {
 	return hs
 }
 
-func (h *holds) logExhausted(ex *exhaustion, now, n, lim int64) {
+func (h *holds) logExhausted(ex *exhaustion, now, n, lim, waits, waited int64) {
 	cfg := &h.c.cfg
 	if !cfg.logs(slog.LevelWarn) {
 		return
 	}
-	attrs := []any{"in_use", n, "limit", lim, "for", time.Duration(now - ex.ep.at)}
-	if db := h.db.Load(); db != nil && ex.ep.waits >= 0 {
-		attrs = append(attrs, "waits", db.Stats().WaitCount-ex.ep.waits)
-	}
+	attrs := []any{"in_use", n, "limit", lim, "for", time.Duration(now - ex.ep.at),
+		"waits", waits - ex.ep.waits, "waited", time.Duration(waited - ex.ep.waited)}
 	for i, hd := range h.holders() {
 		if i == maxHolders {
 			break

@@ -115,8 +115,9 @@ func TestLeakIgnoresWarmDB(t *testing.T) {
 	}
 }
 
-// An exhaustion that lasts is reported when it has lasted the grace, then
-// at most once per interval, each report counting as one exhaustion.
+// An exhaustion that lasts is reported once requests have waited for the
+// grace, then at most once per interval while they still wait, each
+// report counting as one exhaustion.
 func TestExhaustionReportedOncePerInterval(t *testing.T) {
 	withEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -124,14 +125,27 @@ func TestExhaustionReportedOncePerInterval(t *testing.T) {
 	rec := &recorder{level: slog.LevelInfo}
 	const interval = 100 * time.Millisecond
 	db, c := fakeDB(t, &fakeConnector{}, WithMaxConns(2), WithExhaustedLogInterval(interval), WithLogger(slog.New(rec)))
-	db.SetMaxOpenConns(2)
+	if _, err := WarmDB(ctx, db); err != nil { // warmpg now knows db, and sees its waits
+		t.Fatal(err)
+	}
 	start := time.Now()
 	held := holdConns(t, ctx, db, 2)
+	// A request that waits all along.
+	wctx, wcancel := context.WithCancel(ctx)
+	waited := make(chan struct{})
+	go func() {
+		defer close(waited)
+		if c, err := db.Conn(wctx); err == nil {
+			c.Close()
+		}
+	}()
 	for deadline := time.Now().Add(5 * time.Second); len(rec.find("warmpg: pool exhausted")) < 3; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("fewer than 3 reports in 5 s: %v", rec.all())
 		}
 	}
+	wcancel()
+	<-waited
 	for _, hc := range held {
 		hc.Close()
 	}
@@ -150,6 +164,9 @@ func TestExhaustionReportedOncePerInterval(t *testing.T) {
 		if !strings.Contains(r.attrs["holder_1"], "held=") || r.attrs["holder_3"] != "" {
 			t.Errorf("holders %q %q", r.attrs["holder_1"], r.attrs["holder_3"])
 		}
+		if r.attrs["waits"] != "1" {
+			t.Errorf("waits=%q, want the one request waiting", r.attrs["waits"])
+		}
 	}
 	for deadline := time.Now().Add(5 * time.Second); len(rec.find("warmpg: pool no longer exhausted")) == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -159,6 +176,159 @@ func TestExhaustionReportedOncePerInterval(t *testing.T) {
 	if st := c.Stats(); st.Exhaustions != 1 {
 		t.Errorf("counters %v, want exhaustions=1", st)
 	}
+}
+
+// slowConn is a fakeConn whose statements take d.
+type slowConn struct {
+	*fakeConn
+	d time.Duration
+}
+
+func (c slowConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
+	time.Sleep(c.d)
+	return c.fakeConn.ExecContext(ctx, q, args)
+}
+
+// A pool at its limit whose requests never wait is busy, not exhausted
+// (issue 25, 2): no report, however long it stays there. Before, either
+// pool was reported "exhausted" with waits=0 after a second, and again
+// every interval (make demo printed 10 such lines): a command-line tool
+// on a pool of one, a pool of 8 kept busy by 8 workers. Each runs 3 s on
+// a DB warmpg knows (WarmDB), so it sees the DB's waits: there are none,
+// and the pool is at its limit all along.
+func TestExhaustionNotReportedWithoutWaits(t *testing.T) {
+	withEnv(t)
+	for _, tc := range []struct {
+		name           string
+		conns, workers int
+		stmt           time.Duration
+	}{
+		{"one goroutine on a pool of one", 1, 1, 0},
+		{"8 workers on 8 connections, 2ms statements", 8, 8, 2 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			rec := &recorder{level: slog.LevelInfo}
+			f := &fakeConnector{}
+			f.newConn = func() driver.Conn { return slowConn{&fakeConn{f: f}, tc.stmt} }
+			db, c := fakeDB(t, f, WithMaxConns(tc.conns), WithLogger(slog.New(rec)))
+			if _, err := WarmDB(ctx, db); err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			end := time.Now().Add(3 * time.Second)
+			for range tc.workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for time.Now().Before(end) {
+						if _, err := db.ExecContext(ctx, "select 1"); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			if rs := rec.find("warmpg: pool exhausted"); len(rs) != 0 {
+				t.Errorf("%d reports of a pool whose requests never waited (database/sql: %d waits): %v", len(rs), db.Stats().WaitCount, rs[0].attrs)
+			}
+			if st := c.Stats(); st.Exhaustions != 0 {
+				t.Errorf("counters %v, want exhaustions=0", st)
+			}
+			// The premise: the pool was at its limit, and nobody waited.
+			if c.holds.full.Load() == 0 || db.Stats().WaitCount != 0 {
+				t.Fatalf("checkouts at the limit %d, waits %d: want some, and none", c.holds.full.Load(), db.Stats().WaitCount)
+			}
+		})
+	}
+}
+
+// holdFor checks out a connection of db and holds it for d.
+func holdFor(ctx context.Context, db *sql.DB, d time.Duration) error {
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, "select 1"); err != nil {
+		return err
+	}
+	time.Sleep(d)
+	return nil
+}
+
+// Requests that wait are reported, with the holders, as before issue 25:
+// 6 workers each holding a connection of a pool of 2 for 1.5 s, so 4 wait
+// from the start. The report now also says how long requests waited
+// (waited, database/sql's WaitDuration; the waits that had ended). On a
+// DB warmpg was never given (sql.OpenDB, no WarmDB) it cannot see the
+// waits, and reports nothing; before, it reported that pool too.
+func TestExhaustionReportedWhenRequestsWait(t *testing.T) {
+	withEnv(t)
+	run := func(t *testing.T, warm bool) (*recorder, *Connector) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		rec := &recorder{level: slog.LevelInfo}
+		db, c := fakeDB(t, &fakeConnector{}, WithMaxConns(2), WithLeakThreshold(10*time.Minute), WithLogger(slog.New(rec)))
+		db.SetMaxOpenConns(2)
+		if warm {
+			if _, err := WarmDB(ctx, db); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := holdFor(ctx, db, 1500*time.Millisecond); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if db.Stats().WaitCount < 4 {
+			t.Fatalf("%d requests waited, want 4", db.Stats().WaitCount)
+		}
+		return rec, c
+	}
+	t.Run("warmpg-knows-the-db", func(t *testing.T) {
+		t.Parallel()
+		rec, c := run(t, true)
+		rs := rec.find("warmpg: pool exhausted")
+		if len(rs) != 1 {
+			t.Fatalf("%d reports, want 1: %v", len(rs), rec.all())
+		}
+		r := rs[0]
+		t.Logf("reported: %v", r.attrs)
+		if r.level != slog.LevelWarn || r.attrs["in_use"] != "2" || r.attrs["limit"] != "2" || r.attrs["waits"] == "0" {
+			t.Errorf("report %v, want Warn in_use=2 limit=2 and the waits", r.attrs)
+		}
+		if d, err := time.ParseDuration(r.attrs["for"]); err != nil || d < maxExhaustGrace {
+			t.Errorf("for=%q, want at least the grace, %s", r.attrs["for"], maxExhaustGrace)
+		}
+		if _, err := time.ParseDuration(r.attrs["waited"]); err != nil {
+			t.Errorf("waited=%q, want how long requests waited", r.attrs["waited"])
+		}
+		for _, k := range []string{"holder_1", "holder_2"} {
+			if h := r.attrs[k]; !strings.Contains(h, "held=") || !strings.Contains(h, "warmpg.holdFor") {
+				t.Errorf("%s=%q, want its age and a stack naming holdFor", k, h)
+			}
+		}
+		if st := c.Stats(); st.Exhaustions != 1 {
+			t.Errorf("counters %v, want exhaustions=1", st)
+		}
+	})
+	t.Run("db-unknown", func(t *testing.T) {
+		t.Parallel()
+		rec, c := run(t, false)
+		if rs := rec.find("warmpg: pool exhausted"); len(rs) != 0 || c.Stats().Exhaustions != 0 {
+			t.Errorf("%d reports on a DB warmpg cannot see the waits of, %v: want none", len(rs), c.Stats())
+		}
+	})
 }
 
 // BenchmarkCheckout is what warmpg's checkout bookkeeping costs per

@@ -678,6 +678,7 @@ func WithLeakThreshold(d time.Duration) Option {
 
 // WithExhaustedLogInterval sets how often, at most, warmpg logs "warmpg:
 // pool exhausted" while every connection the pool may open is checked out
+// and requests wait for one, on a *sql.DB warmpg opened or WarmDB saw
 // (pool_exhausted_log_interval; default DefaultExhaustedLogInterval; 0:
 // off, and with pool_leak_threshold off and pool_log_level above debug
 // checkouts are not tracked at all). See docs/exhaustion.md.

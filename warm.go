@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,10 +64,12 @@ func (r WarmReport) String() string {
 // pool count), dialling at most pool_warm_parallelism at a time, within ctx
 // and pool_warm_timeout, then returns them all to the pool. A count above the
 // DB's MaxOpenConns is refused, since it could never be held at once.
-// It starts with 4 dials; once one has connected, each connect about as fast
-// as the fastest since (at most 12.5% slower) lets one more start, doubling
-// the window every connect time, and a slower one (a server busy with
-// connects) puts it back to 4, from where it grows more slowly. So the pools
+// It starts with 4 dials; once one has connected, each connect lets one more
+// start, doubling the window every connect time, until a wave of connects
+// (max(8, window) of them) is slow: half of it, or 5 in a row, a third
+// slower than the lowest median of a wave so far (a server busy with
+// connects; single slow connects are noise). That puts it back to 4, from
+// where it grows more slowly. So the pools
 // of a fleet starting together against a server that cannot hold them all
 // each keep a few dials in flight and share its slots, rather than the first
 // to dial taking them all. At the server's first "too many clients" answer
@@ -393,9 +396,16 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 // down; see dialWindow.
 const warmFirstWindow = 4
 
-// fastSlack: a connect is fast if it took at most the fastest one plus a
-// fastSlack-th of it (12.5%); see dialWindow.
-const fastSlack = 8
+// waveSlack: a connect is slow if it took more than the reference plus a
+// waveSlack-th of it (33%); see dialWindow.
+const waveSlack = 3
+
+// minWave is the fewest connects a wave has; slowRun, how many slow
+// connects in a row make a wave slow before it is complete.
+const (
+	minWave = 8
+	slowRun = 5
+)
 
 // dialWindow is how many dials warm may have in flight.
 //
@@ -405,27 +415,47 @@ const fastSlack = 8
 // finds the server idle, the last finds it busy with the others' dials —
 // not what a connect costs once everyone dials, so they do not count.
 //
-// From then on, like TCP's congestion window: each connect that is fast
-// (at most 12.5% slower than the fastest that began after the first
-// ended) lets one more dial start, so the window doubles every connect
-// time up to p (slow start); a slower one means the server is busy with
-// connects (each a fork and an authentication), where more dials in flight
-// only queue: the window goes back to first, and from half the window it
-// had, it grows by one per window of fast connects (congestion avoidance).
+// From then on, like TCP's congestion window: each connect lets one more
+// dial start, so the window doubles every connect time up to p (slow
+// start), until the connects slow down. That is judged by waves, not by
+// single connects. A wave is the next max(minWave, window) connects to
+// end; the reference is the lowest median of a wave so far, and a connect
+// is slow if it took more than the reference plus a third. A wave is slow
+// as soon as half of its connects (its upper median), or slowRun in a
+// row, were slow; a wave that ends otherwise becomes the reference if its
+// upper median is lower. A slow wave means the server is busy with
+// connects (each a fork and an authentication), where more dials in
+// flight only queue: the window goes back to first, and from half the
+// window the slow wave began with it grows by one per window of connects
+// (congestion avoidance). Connects that began before that back-off say
+// what the wider window cost, and do not count.
+//
+// Why waves: connect times vary from one connect to the next whatever is
+// in flight (the network, the scheduler, the server's other work), ±20%
+// on an ordinary network. Judged one by one against the fastest connect
+// ever seen, as before issue 25, most connects were slow and the window
+// stayed near first: a lone WarmDB(300) took 8 times as long. A wave's
+// median moves with what the server does, not with one connect's luck;
+// a server bound by its CPUs slows every connect in proportion to what
+// is in flight, and a wave begun at twice the window has about twice the
+// median, so it trips the limit within a few connects.
 //
 // Why so: when a fleet's pools ask for more than the server has, what an
 // instance holds when the server fills is about its share of the dials in
 // flight. Every instance sees the same busy server (only the first wave
-// sees it differently, and does not count), so all keep first in flight
-// and get about the same share. Alone on a server that keeps up, connects
-// stay fast and the window grows as before; on one that does not, more in
-// flight would not have been faster.
+// sees it differently, and does not count), so all back off together and
+// get about the same share. Alone on a server that keeps up, connects stay
+// as fast and the window grows as before; on one that does not, more in
+// flight would not have been faster. docs/fleet.md has the measurements.
 type dialWindow struct {
 	first, p, size int
-	firstEnd       time.Time     // when the first connect ended; zero: none yet
-	fastest        time.Duration // the fastest connect that began after firstEnd
-	threshold      int           // slow start below it, +1 per window above; 0: none
-	credit         int           // fast connects towards the next +1 above threshold
+	since          time.Time       // connects that began before it do not count; zero: none has ended yet
+	wave           []time.Duration // the current wave's connect times
+	waveLen        int             // how many connects make the current wave
+	slow, run      int             // the current wave's slow connects, and slow ones in a row
+	ref            time.Duration   // the lowest median of a wave so far; 0: none yet
+	threshold      int             // slow start below it, +1 per window above; 0: none
+	credit         int             // connects towards the next +1 above threshold
 }
 
 func newDialWindow(cfg *config, p int) *dialWindow {
@@ -441,27 +471,51 @@ func newDialWindow(cfg *config, p int) *dialWindow {
 // took. (Failed dials and idle connections the pool handed out say nothing
 // of the server's connect time.)
 func (w *dialWindow) connected(began time.Time, took time.Duration) {
-	if w.firstEnd.IsZero() {
-		w.firstEnd = began.Add(took)
+	end := began.Add(took)
+	if w.since.IsZero() {
+		w.since = end
+		w.waveLen = max(minWave, w.size)
 	}
-	if began.Before(w.firstEnd) {
-		return // one of the first dials
+	if began.Before(w.since) {
+		return // one of the first dials, or begun before a back-off
 	}
-	if w.fastest == 0 || took < w.fastest {
-		w.fastest = max(took, time.Microsecond)
+	if w.threshold == 0 || w.size < w.threshold {
+		w.size = min(w.p, w.size+1)
+	} else if w.credit++; w.credit >= w.size {
+		w.credit = 0
+		w.size = min(w.p, w.size+1)
 	}
-	if took <= w.fastest+w.fastest/fastSlack {
-		if w.threshold == 0 || w.size < w.threshold {
-			w.size = min(w.p, w.size+1)
-		} else if w.credit++; w.credit >= w.size {
-			w.credit = 0
-			w.size = min(w.p, w.size+1)
-		}
+	took = max(took, time.Microsecond)
+	w.wave = append(w.wave, took)
+	limit := w.ref + w.ref/waveSlack
+	if w.ref != 0 && took > limit {
+		w.slow++
+		w.run++
+	} else {
+		w.run = 0
+	}
+	slow := w.ref != 0 && (w.slow > (w.waveLen-1)/2 || w.run >= slowRun)
+	if !slow && len(w.wave) < w.waveLen {
 		return
 	}
-	w.threshold = max(w.first, w.size/2)
+	if !slow {
+		slices.Sort(w.wave)
+		med := w.wave[len(w.wave)/2]
+		if w.ref == 0 || med < w.ref {
+			w.ref = med
+		}
+	}
+	began0 := w.waveLen
+	w.wave, w.slow, w.run = w.wave[:0], 0, 0
+	w.waveLen = max(minWave, w.size)
+	if !slow {
+		return
+	}
+	w.threshold = max(w.first, began0/2)
 	w.credit = 0
 	w.size = w.first
+	w.waveLen = max(minWave, w.first)
+	w.since = end
 }
 
 // warmTrace records how warm's dials ended, for the fleet measurement: a
