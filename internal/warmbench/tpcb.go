@@ -245,7 +245,13 @@ func OpenTPCBVariants(ctx context.Context, url URLFunc, conns int, w *TPCB) ([]*
 			}
 		default:
 			driver := map[string]string{"warmpg": "warmpg", "pgx-stdlib": "pgx", "pq": "postgres"}[name]
-			v, err = OpenSQLVariant(ctx, name, func() (*sql.DB, error) { return sql.Open(driver, url()) }, conns, w.sqlTxOp)
+			dsn := url()
+			if name == "warmpg" {
+				// Every connection is in use all the time here, by
+				// design: not an exhaustion to log.
+				dsn = url("pool_exhausted_log_interval=0")
+			}
+			v, err = OpenSQLVariant(ctx, name, func() (*sql.DB, error) { return sql.Open(driver, dsn) }, conns, w.sqlTxOp)
 		}
 		if v != nil {
 			vs = append(vs, v)
