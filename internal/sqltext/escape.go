@@ -10,8 +10,9 @@ import (
 // character, another escape character given by UESCAPE 'c'), and E'…'
 // strings (\n, \ooo, \xhh, \uXXXX, \UXXXXXXXX, \c). A name spelled with
 // them, U&"\0073et_config" or set_config(U&'\0072ole', …), is the name
-// itself to the server, and so to Scan. An escape the server would refuse
-// makes the lexer's bad flag set, and the statement unsure.
+// itself to the server, and so to Scan. A U& escape the server would refuse
+// sets the lexer's bad flag, and makes the statement unsure; an E'…' one
+// makes the token bad, and its value unknown to set_config.
 
 // unicode reads a U&'…' string or U&"…" identifier whose opening quote is
 // at l.i, with the UESCAPE clause that may follow it, and decodes it.

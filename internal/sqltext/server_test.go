@@ -106,7 +106,7 @@ func TestDecodeAgreesWithServer(t *testing.T) {
 		tok := l.next()
 		after := l.next()
 		// Unterminated (E'\'): the server refuses it too.
-		bad := l.bad || l.open
+		bad := l.bad || tok.bad || l.open
 		switch {
 		case err != nil && !bad:
 			t.Errorf("%s: the server refuses it (%v); the lexer reads %q", lit, err, tok.text)

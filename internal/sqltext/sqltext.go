@@ -17,9 +17,10 @@
 // The classification is conservative in one direction only: a statement it
 // does not recognise as a plain read counts as a write, a set_config
 // whose arguments it cannot read counts as changing the session and the
-// role, and a statement holding an escape it cannot decode (which the
-// server refuses) counts as doing whatever a name or a string can make it
-// do: change settings and the role, take locks, create a temporary object,
+// role (also when it cannot decode an E'…' argument's escapes), and a
+// statement holding a U& escape it cannot decode (which the server
+// refuses) counts as doing whatever a name or a string can make it do:
+// change settings and the role, take locks, create a temporary object,
 // write. What happens inside a function, a procedure or a DO block is not in
 // the text and is not seen: SELECT my_function() is a plain read here.
 package sqltext
@@ -156,6 +157,9 @@ const (
 
 type token struct {
 	kind kind
+	// bad: an E'…' string with an escape the server refuses; its value
+	// (text) is not known.
+	bad  bool
 	text string
 }
 
@@ -166,8 +170,9 @@ type lexer struct {
 	// open: the text ended inside a string, quoted identifier, dollar
 	// quote or block comment.
 	open bool
-	// bad: a token since the flag was last cleared holds an escape the
-	// server would refuse (see escape.go): what it names is not known.
+	// bad: a U& token since the flag was last cleared holds an escape
+	// the server would refuse (see escape.go): what it names is not known.
+	// (MayHave sends every text with U& to Scan.)
 	bad bool
 }
 
@@ -201,8 +206,7 @@ func (l *lexer) next() token {
 		case (c == 'e' || c == 'E') && l.i+1 < len(s) && s[l.i+1] == '\'':
 			l.i++
 			text, ok := decodeEscapeString(l.body('\'', true))
-			l.bad = l.bad || !ok
-			return token{kind: tString, text: text}
+			return token{kind: tString, text: text, bad: !ok}
 		case (c == 'u' || c == 'U') && l.i+2 < len(s) && s[l.i+1] == '&' && (s[l.i+2] == '\'' || s[l.i+2] == '"'):
 			l.i += 2
 			return l.unicode()
@@ -583,7 +587,7 @@ func functionEffects(t []token) Effect {
 // argument tokens.
 func setConfigEffects(a [][]token) Effect {
 	local, known := false, false
-	if len(a) == 3 && len(a[2]) == 1 {
+	if len(a) == 3 && len(a[2]) == 1 && !a[2][0].bad {
 		switch tk := a[2][0]; {
 		case tk.kind == tWord && tk.text == "true":
 			local, known = true, true
@@ -605,7 +609,7 @@ func setConfigEffects(a [][]token) Effect {
 	if !known {
 		e |= LocalSetting
 	}
-	if len(a) == 0 || len(a[0]) != 1 || a[0][0].kind != tString {
+	if len(a) == 0 || len(a[0]) != 1 || a[0][0].kind != tString || a[0][0].bad {
 		return e | Role // the name is not in the text: it may be role
 	}
 	switch strings.ToLower(a[0][0].text) {

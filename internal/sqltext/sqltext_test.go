@@ -207,10 +207,11 @@ func TestScanEffects(t *testing.T) {
 		{`select U&'x' UESCAPE 1`, unsure},
 		{`select U&'x' UESCAPE U&'!'`, unsure},
 		{`select U&'x' UESCAPE $1`, unsure},
-		{`select E'\u00'`, unsure},
-		{`select E'\uD83D'`, unsure},
-		{`select E'\000'`, unsure},
-		{`select E'\xff'`, unsure},
+		{`select E'\u00'`, 0}, // refused, but names nothing
+		{`select E'\uD83D'`, 0},
+		{`select set_config(E'\u00', 'x', false)`, Setting | Role},
+		{`select set_config(E'\000', 'x', false)`, Setting | Role},
+		{`select set_config('a.b', 'x', E'\xff')`, Setting | LocalSetting},
 		{`select E'\uD83D\uDE00'`, 0},
 		{`select E'\xc3\xa9'`, 0},
 		{`begin; select U&'\zz'`, Begin | unsure},
@@ -299,6 +300,7 @@ func TestMayHave(t *testing.T) {
 		{`select u&'\0072ole'`, true},
 		{`select U&"pg_\0061dvisory_lock"(1)`, true},
 		{"select a & b, au&b from t", false},
+		{`select E'\u00'`, false},
 		{`select a&'x'`, false},
 	} {
 		if got := MayHave(tc.sql, quickEffects); got != tc.want {
