@@ -289,7 +289,8 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 		return nil, errors.New("warmpg: connector is closed")
 	}
 	if c.ready == nil {
-		return c.dial(ctx)
+		w, err := c.dial(ctx)
+		return w, c.dialErr(ctx, err)
 	}
 	if w := c.ready.take(); w != nil {
 		return w, nil
@@ -301,7 +302,42 @@ func (c *Connector) connect(ctx context.Context) (driver.Conn, error) {
 	if err == nil && c.cfg.keepWarm() {
 		c.ready.track(baseConn(w))
 	}
-	return w, err
+	return w, c.dialErr(ctx, err)
+}
+
+// dialErr is the error of a dial for a request whose context has ended, so
+// that errors.Is(err, ctx.Err()) holds. An error the context caused (the
+// TCP dial cancelled, or past its deadline: a *net.OpError that says
+// "operation was canceled" or "i/o timeout") is, on lib/pq, the context's
+// error itself: lib/pq's sql.Open driver dials without the request's
+// context, and that same request then fails with ctx.Err() from its
+// statement. pgx's own error already wraps the context's and is kept. An
+// error the context did not cause — a refused connect that was being
+// retried when the context ended — is kept, wrapped in the context's error.
+func (c *Connector) dialErr(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	cerr := ctx.Err()
+	if dl, ok := ctx.Deadline(); ok && cerr == nil && !time.Now().Before(dl) {
+		// The socket's deadline, the context's, passed before the
+		// context's own timer said so.
+		cerr = context.DeadlineExceeded
+	}
+	if cerr == nil {
+		return err
+	}
+	// A deadline can also reach the dial as the socket's own: poll's "i/o
+	// timeout", which is not context.DeadlineExceeded.
+	var ne net.Error
+	caused := errors.Is(err, cerr) || cerr == context.DeadlineExceeded && errors.As(err, &ne) && ne.Timeout() //nolint:errorlint // ctx.Err() returns it unwrapped
+	if !caused {
+		return fmt.Errorf("%w (%w)", cerr, err)
+	}
+	if _, ok := c.inner.(*pq.Connector); ok {
+		return cerr
+	}
+	return err
 }
 
 // Driver returns a *Driver whose Connector method leads back to c.

@@ -21,7 +21,17 @@ type benchConfig struct {
 	reps  int
 	sizes []int
 	svg   string
+	// tpcbDuration is how long each TPC-B variant runs per repetition (0:
+	// no TPC-B), on tpcbClients clients and as many connections.
+	tpcbDuration time.Duration
+	tpcbClients  int
 }
+
+// tpcbAccountsPerBranch is the TPC-B workload's accounts per branch (its
+// scale is -tpcb-clients branches): pgbench has 100,000, which would take
+// the setup longer than the measurement; the round trips, not the table
+// sizes, are compared.
+const tpcbAccountsPerBranch = 10_000
 
 const benchUsage = `usage: warmpg bench [flags]
 
@@ -30,6 +40,12 @@ local PostgreSQL cluster (or -dsn):
   - select 1 throughput of warmpg's pool_reset=check, none, ping and rollback
     against pgx's stdlib (never ping, its default, ping always, ROLLBACK on
     return), lib/pq and pgxpool; -clients goroutines share -conns connections
+  - a pgbench-like TPC-B read-write transaction (BEGIN, update accounts,
+    select its balance, update tellers, update branches, insert history,
+    COMMIT) on -tpcb-clients clients with as many connections, -tpcb-duration
+    per variant per repetition: warmpg, pgx's stdlib, pgxpool and lib/pq, in
+    transactions per second and as a ratio to pgxpool's; on tables of its
+    own (warmpg_tpcb_<pid>_*), dropped at the end
   - warm-up time of -sizes connections: one by one, warmpg.WarmDB and
     pgxpool's MinConns fill
 Every variant runs in every repetition, in an order rotated each time; the
@@ -43,6 +59,9 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.intIn(&c.reps, "reps", 5, 1, 50, "repetitions")
 	sizes := fs.String("sizes", "10,50,100", "pool sizes to warm, comma-separated (each 1 to 400, at most 8)")
 	fs.StringVar(&c.svg, "svg", "", "write a chart (SVG) to this file")
+	fs.durationIn(&c.tpcbDuration, "tpcb-duration", 2*time.Second, 0, time.Minute,
+		"how long each TPC-B variant runs per repetition; 0: no TPC-B")
+	fs.intIn(&c.tpcbClients, "tpcb-clients", 8, 1, 100, "TPC-B clients, each on a connection of its own; also the scale (branches)")
 	err := fs.parseNoArgs(args)
 	if err == nil {
 		c.sizes, err = parseSizes(*sizes)
@@ -82,6 +101,16 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	tb.print(stdout)
 	ch.bars = bars
 
+	if c.tpcbDuration > 0 {
+		tr, history, err := runTPCB(ctx, t, c)
+		if err != nil {
+			return err
+		}
+		tb, bars := tpcbTable(tr, history, c)
+		tb.print(stdout)
+		ch.tpcb = bars
+	}
+
 	warm := map[int]map[warmbench.Method][]time.Duration{}
 	for rep := range c.reps {
 		for _, n := range c.sizes {
@@ -109,6 +138,82 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	t.done()
 	return nil
+}
+
+// runTPCB sets up the TPC-B tables, opens a pool per variant, runs every
+// repetition and checks that the tables add up; it returns the rounds and
+// the history rows (the transactions committed, warm-up included).
+func runTPCB(ctx context.Context, t *target, c benchConfig) (*warmbench.TPCBRounds, int64, error) {
+	p := t.p
+	conn, err := t.srv.Connect(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("tpc-b: %w", err)
+	}
+	defer conn.Close(context.Background())
+	w := warmbench.NewTPCB(fmt.Sprintf("warmpg_tpcb_%d_", os.Getpid()), c.tpcbClients, tpcbAccountsPerBranch)
+	grantee := ""
+	if t.user.User != t.srv.User {
+		grantee = t.user.User
+	}
+	p.printf("tpc-b: creating %d branches, %d tellers, %d accounts...", w.Branches, 10*w.Branches, w.Branches*w.AccountsPerBranch)
+	if err := w.Setup(ctx, conn, grantee); err != nil {
+		return nil, 0, err
+	}
+	defer func() {
+		if err := w.Drop(context.Background(), conn); err != nil {
+			p.printf("warning: tpc-b: dropping the tables: %v", err)
+		}
+	}()
+	url := func(params ...string) string { return t.url(t.app("tpcb"), params...) }
+	p.printf("tpc-b: opening %d pools of %d connections...", len(warmbench.TPCBVariants), c.tpcbClients)
+	sctx, cancel := context.WithTimeout(ctx, warmbench.SetupTimeout)
+	vs, err := warmbench.OpenBounded(sctx, func(ctx context.Context) ([]*warmbench.Variant, error) {
+		return warmbench.OpenTPCBVariants(ctx, url, c.tpcbClients, w)
+	})
+	if err == nil {
+		err = warmbench.WarmVariants(sctx, vs, c.tpcbClients)
+	}
+	cancel()
+	defer func() {
+		if cerr := warmbench.CloseVariants(vs); cerr != nil {
+			p.printf("warning: %v", cerr)
+		}
+	}()
+	if err != nil {
+		return nil, 0, fmt.Errorf("tpc-b: %w", err)
+	}
+	var r warmbench.TPCBRounds
+	for i := range c.reps {
+		p.printf("tpc-b: run %d of %d, %s per variant...", i+1, c.reps, c.tpcbDuration)
+		if err := r.Run(ctx, vs, c.tpcbClients, c.tpcbDuration); err != nil {
+			return nil, 0, fmt.Errorf("tpc-b: %w", err)
+		}
+	}
+	history, err := w.Check(ctx, conn)
+	if err != nil {
+		return nil, 0, err
+	}
+	return &r, history, nil
+}
+
+// tpcbTable tabulates the TPC-B runs and returns the chart's bars.
+func tpcbTable(r *warmbench.TPCBRounds, history int64, c benchConfig) (table, []bar) {
+	tb := table{
+		title: fmt.Sprintf("TPC-B (pgbench-like): BEGIN, 5 statements, COMMIT; %d clients on %d connections, %s per variant per repetition, %d repetitions",
+			c.tpcbClients, c.tpcbClients, c.tpcbDuration, len(r.TPS)),
+		head: []string{"variant", "min tps", "median tps", "max tps", "÷ " + warmbench.TPCBBase + " min / median / max"},
+		notes: []string{
+			fmt.Sprintf("each ratio is the variant's transactions per second over %s's (native, no database/sql) in the same repetition", warmbench.TPCBBase),
+			fmt.Sprintf("%d transactions committed (warm-up included), %d history rows; the balances add up", history, history),
+		},
+	}
+	var bars []bar
+	for _, v := range warmbench.TPCBVariants {
+		q := spreadOf(r.Each(v))
+		tb.add(v, num(q.min), num(q.med), num(q.max), spreadOf(r.Ratios(warmbench.TPCBBase, v)).ratios())
+		bars = append(bars, bar{name: v, warmpg: v == "warmpg", qps: q})
+	}
+	return tb, bars
 }
 
 // parseSizes parses -sizes: 1 to 8 pool sizes of 1 to 400, comma-separated.

@@ -32,11 +32,14 @@ type bar struct {
 }
 
 // chart is what bench draws: warm-up time against pool size (a line per
-// method) and throughput per variant (a bar each, min to max as whiskers).
+// method), select 1 throughput per variant (a bar each, min to max as
+// whiskers) and, when it ran, TPC-B transactions per second per variant
+// (bars too).
 type chart struct {
 	title string
 	warm  []warmLine
 	bars  []bar
+	tpcb  []bar
 }
 
 var (
@@ -53,11 +56,19 @@ func (ch chart) writeSVG(path string) error {
 	if err != nil {
 		return err
 	}
-	tput, err := ch.barPlot()
+	tput, err := barPlot("select 1 throughput (median, min-max)", "queries/s", ch.bars)
 	if err != nil {
 		return err
 	}
-	const w, h = 26 * vg.Centimeter, 11 * vg.Centimeter
+	row := []*plot.Plot{warm, tput}
+	if len(ch.tpcb) > 0 {
+		tpcb, err := barPlot("TPC-B read-write (median, min-max)", "transactions/s", ch.tpcb)
+		if err != nil {
+			return err
+		}
+		row = append(row, tpcb)
+	}
+	w, h := vg.Length(len(row))*13*vg.Centimeter, 11*vg.Centimeter
 	c := vgsvg.New(w, h)
 	dc := draw.New(c)
 	// A line of title above both plots.
@@ -66,11 +77,12 @@ func (ch chart) writeSVG(path string) error {
 	ts := draw.TextStyle{Color: color.Black, Font: titleFont, Handler: plot.DefaultTextHandler, XAlign: draw.XCenter, YAlign: draw.YTop}
 	dc.FillText(ts, vg.Point{X: w / 2, Y: h - 0.2*vg.Centimeter}, ch.title)
 	body := draw.Crop(dc, 0, 0, 0, -0.8*vg.Centimeter)
-	tiles := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Centimeter, PadLeft: 0.3 * vg.Centimeter, PadRight: 0.5 * vg.Centimeter,
+	tiles := draw.Tiles{Rows: 1, Cols: len(row), PadX: vg.Centimeter, PadLeft: 0.3 * vg.Centimeter, PadRight: 0.5 * vg.Centimeter,
 		PadBottom: 0.2 * vg.Centimeter}
-	cs := plot.Align([][]*plot.Plot{{warm, tput}}, tiles, body)
-	warm.Draw(cs[0][0])
-	tput.Draw(cs[0][1])
+	cs := plot.Align([][]*plot.Plot{row}, tiles, body)
+	for i, pl := range row {
+		pl.Draw(cs[0][i])
+	}
 
 	var buf bytes.Buffer
 	if _, err := c.WriteTo(&buf); err != nil {
@@ -149,19 +161,20 @@ type minMax struct {
 	plotter.XErrors
 }
 
-func (ch chart) barPlot() (*plot.Plot, error) {
+// barPlot draws bars, one per variant, top to bottom in their order.
+func barPlot(title, unit string, bars []bar) (*plot.Plot, error) {
 	p := plot.New()
-	p.Title.Text = "select 1 throughput (median, min-max)"
-	p.X.Label.Text = "queries/s"
+	p.Title.Text = title
+	p.X.Label.Text = unit
 	p.X.Min = 0
 	p.X.Tick.Marker = plainTicks
 	p.Add(plotter.NewGrid())
-	names := make([]string, len(ch.bars))
+	names := make([]string, len(bars))
 	var whiskers minMax
 	// Top to bottom in the order given: the y axis grows upwards.
-	for i, b := range ch.bars {
-		y := float64(len(ch.bars) - 1 - i)
-		names[len(ch.bars)-1-i] = b.name
+	for i, b := range bars {
+		y := float64(len(bars) - 1 - i)
+		names[len(bars)-1-i] = b.name
 		bc, err := plotter.NewBarChart(plotter.Values{b.qps.med}, vg.Points(11))
 		if err != nil {
 			return nil, fmt.Errorf("chart: %s: %w", b.name, err)

@@ -51,6 +51,12 @@ func TestChartSVG(t *testing.T) {
 			{"pgx-never-ping", false, spread{2950, 3010, 3090}},
 			{"pgxpool", false, spread{2800, 2950, 3000}},
 		},
+		tpcb: []bar{
+			{"warmpg", true, spread{230, 235, 240}},
+			{"pgx-stdlib", false, spread{195, 200, 203}},
+			{"pgxpool", false, spread{200, 204, 207}},
+			{"pq", false, spread{115, 118, 120}},
+		},
 	}
 	path := filepath.Join(t.TempDir(), "chart.svg")
 	if dir := os.Getenv("WARMPG_CHART_DIR"); dir != "" {
@@ -61,7 +67,7 @@ func TestChartSVG(t *testing.T) {
 	}
 	validSVG(t, path)
 	b, _ := os.ReadFile(path)
-	for _, want := range []string{"warmpg check", "pgxpool MinConns", "Warm-up time", "queries/s", "sans-serif"} {
+	for _, want := range []string{"warmpg check", "pgxpool MinConns", "Warm-up time", "queries/s", "sans-serif", "TPC-B", "transactions/s", "pgx-stdlib"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("chart has no %q", want)
 		}

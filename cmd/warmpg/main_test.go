@@ -241,13 +241,15 @@ func (l *logLines) count(prefix string) int {
 	return n
 }
 
-// bench at small sizes: both tables, every variant, ratios against the
-// best peer, and a well-formed SVG.
+// bench at small sizes: every table, every variant, ratios against the
+// best peer (TPC-B: against pgxpool), the TPC-B tables adding up and gone
+// afterwards, and a well-formed SVG with the TPC-B plot.
 func TestBench(t *testing.T) {
 	srv := pgtest.Get(t)
 	svg := filepath.Join(t.TempDir(), "bench.svg")
-	out := runOK(t, ctxT(t, 2*time.Minute), "bench", "--dsn", srv.URL(), "--rtt", "0", "--clients", "4", "--conns", "2",
-		"--reps", "2", "--queries", "40", "--sizes", "4,2", "--svg", svg)
+	ctx := ctxT(t, 2*time.Minute)
+	out := runOK(t, ctx, "bench", "--dsn", srv.URL(), "--rtt", "0", "--clients", "4", "--conns", "2",
+		"--reps", "2", "--queries", "40", "--sizes", "4,2", "--tpcb-duration", "200ms", "--tpcb-clients", "2", "--svg", svg)
 	tput := numbers(t, tableRows(t, out, "Throughput: select 1, 4 clients on 2 connections, 40 queries"), 1, 2, 3, 4)
 	want := []string{"warmpg check", "warmpg none", "warmpg ping", "warmpg rollback",
 		"pgx-never-ping", "pgx-default", "pgx-ping-always", "pgx-rollback", "pq", "pgxpool"}
@@ -268,7 +270,32 @@ func TestBench(t *testing.T) {
 	if !strings.Contains(out, "command: warmpg bench --dsn ") {
 		t.Error("the command line is not shown")
 	}
+	tpcb := numbers(t, tableRows(t, out, "TPC-B (pgbench-like): BEGIN, 5 statements, COMMIT; 2 clients on 2 connections, 200ms per variant per repetition, 2 repetitions"), 1, 2, 3, 4)
+	for _, v := range []string{"warmpg", "pgx-stdlib", "pgxpool", "pq"} {
+		q := tpcb[v]
+		if len(q) != 4 || q[0] > q[1] || q[1] > q[2] {
+			t.Errorf("TPC-B %s: %v, want min <= median <= max", v, q)
+		}
+	}
+	if tpcb["pgxpool"][3] != 1 {
+		t.Errorf("TPC-B: pgxpool's ratio to itself is %v", tpcb["pgxpool"][3])
+	}
+	if m := regexp.MustCompile(`(\d+) transactions committed \(warm-up included\), (\d+) history rows; the balances add up`).FindStringSubmatch(out); m == nil || m[1] != m[2] || m[1] == "0" {
+		t.Errorf("TPC-B: no count of committed transactions and history rows, or they differ: %v", m)
+	}
+	conn, err := srv.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var left int
+	if err := conn.QueryRow(ctx, "select count(*) from pg_tables where tablename like 'warmpg\\_tpcb\\_%'").Scan(&left); err != nil || left != 0 {
+		t.Errorf("TPC-B tables left after bench: %d (%v)", left, err)
+	}
 	validSVG(t, svg)
+	if b, _ := os.ReadFile(svg); !strings.Contains(string(b), "transactions/s") {
+		t.Error("the chart has no TPC-B plot")
+	}
 }
 
 // check against the harness's server, as the password user, in both DSN
@@ -376,6 +403,9 @@ func TestBadInput(t *testing.T) {
 		{[]string{"bench", "-sizes", "0"}, "-sizes", true},
 		{[]string{"bench", "-conns", "abc"}, "invalid value \"abc\" for flag -conns", true},
 		{[]string{"bench", "-svg", "/no/such/dir/x.svg"}, "-svg /no/such/dir/x.svg", true},
+		{[]string{"bench", "-tpcb-duration", "2m"}, "-tpcb-duration 2m0s", true},
+		{[]string{"bench", "-tpcb-duration", "-1s"}, "-tpcb-duration -1s", true},
+		{[]string{"bench", "-tpcb-clients", "0"}, "-tpcb-clients 0", true},
 		{[]string{"check"}, "no DSN given", true},
 		{[]string{"check", "a=b", "c=d"}, "one DSN expected", true},
 		{[]string{"check", "not-a-dsn"}, "bad DSN", true},

@@ -10,7 +10,8 @@ const quickEffects = Begin | End | Savepoint | SessionState | LocalSetting
 // reads the first word and looks for a ';' and for the few names through
 // which a single SELECT, INSERT, UPDATE, DELETE, MERGE, WITH, VALUES or
 // TABLE statement can change a session (set_config, the advisory lock
-// functions, TEMP). Any other first word, or any e outside Begin, End,
+// functions, TEMP), and for U&' and U&", which can spell any name without
+// its letters (U&"\0073et_config"). Any other first word, or any e outside Begin, End,
 // Savepoint, LocalSetting and SessionState (Write, Lock), makes it true:
 // call Scan.
 //
@@ -33,9 +34,9 @@ func MayHave(sql string, e Effect) bool {
 	}
 	// The rest: any ';' may start another statement; set_config,
 	// pg_advisory_… and TEMP (SELECT … INTO TEMP) are the words that can
-	// give one of these statements a session effect. A byte matching one
-	// of these only in a string or a comment is a false alarm: Scan
-	// decides.
+	// give one of these statements a session effect, and U& can spell
+	// them. A byte matching one of these only in a string or a comment is
+	// a false alarm: Scan decides.
 	for ; i+1 < len(sql); i++ {
 		if !quickStart[sql[i]] {
 			continue
@@ -55,14 +56,18 @@ func MayHave(sql string, e Effect) bool {
 			if sql[i+1]|0x20 == 'e' && hasPrefixFold(sql[i:], "temp") {
 				return true
 			}
+		case '&':
+			if i > 0 && sql[i-1]|0x20 == 'u' && (sql[i+1] == '\'' || sql[i+1] == '"') {
+				return true
+			}
 		}
 	}
 	return i < len(sql) && sql[i] == ';'
 }
 
-// quickStart marks the bytes MayHave looks at twice: ';' and the first
-// letters of its names.
-var quickStart = [256]bool{';': true, 's': true, 'S': true, 'a': true, 'A': true, 't': true, 'T': true}
+// quickStart marks the bytes MayHave looks at twice: ';', the first
+// letters of its names, and the '&' of U&.
+var quickStart = [256]bool{';': true, 's': true, 'S': true, 'a': true, 'A': true, 't': true, 'T': true, '&': true}
 
 // quietFirstWord reports whether a statement starting with word can have
 // a session or transaction effect only through what MayHave looks for.

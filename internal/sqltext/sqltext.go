@@ -6,15 +6,22 @@
 // It is a lexer, not a parser. It understands what decides where a
 // statement starts and what its words are: -- comments and nested /* */
 // comments, 'strings' (a quote inside doubled), E'strings' (with backslash
-// escapes), "quoted identifiers", $tag$dollar quotes$tag$, $1 parameters,
-// parentheses, and ';' between statements. Standard_conforming_strings is
+// escapes), "quoted identifiers", U&"identifiers" and U&'strings' (with
+// \XXXX and \+XXXXXX escapes, and UESCAPE 'c'), $tag$dollar quotes$tag$,
+// $1 parameters, parentheses, and ';' between statements. Names and
+// strings are read decoded, as the server reads them: U&"\0073et_config"
+// is set_config, and E'\162ole' is 'role'. Standard_conforming_strings is
 // taken to be on (PostgreSQL's default since 9.1): in a plain 'string' a
 // backslash is an ordinary character.
 //
 // The classification is conservative in one direction only: a statement it
-// does not recognise as a plain read counts as a write, and a set_config
+// does not recognise as a plain read counts as a write, a set_config
 // whose arguments it cannot read counts as changing the session and the
-// role. What happens inside a function, a procedure or a DO block is not in
+// role (also when it cannot decode an E'…' argument's escapes), and a
+// statement holding a U& escape it cannot decode (which the server
+// refuses) counts as doing whatever a name or a string can make it do:
+// change settings and the role, take locks, create a temporary object,
+// write. What happens inside a function, a procedure or a DO block is not in
 // the text and is not seen: SELECT my_function() is a plain read here.
 package sqltext
 
@@ -69,6 +76,13 @@ const (
 // SessionState is every effect that outlives the transaction it ran in.
 const SessionState = Setting | Role | TempObject | AdvisoryLock | Listen | HoldCursor | Prepare
 
+// unsure is what a statement with an escape the lexer cannot decode may
+// do: everything a name or a string can decide (set_config and its
+// arguments, SET of a quoted name, the advisory lock and sequence
+// functions, pg_temp). The server refuses such a statement, unless the
+// lexer is wrong about the escape.
+const unsure = Setting | LocalSetting | Role | TempObject | AdvisoryLock | Lock | Write
+
 // Info is what Scan found in a text.
 type Info struct {
 	// Effects is the union of every statement's effects.
@@ -103,6 +117,10 @@ func Scan(sql string) Info {
 			if len(stmt) > 0 {
 				info.Statements++
 				e := classify(stmt)
+				if l.bad {
+					e |= unsure
+					l.bad = false
+				}
 				info.Effects |= e
 				switch {
 				case e&Begin != 0:
@@ -126,8 +144,8 @@ type kind uint8
 const (
 	tEOF       kind = iota
 	tWord           // a keyword or unquoted identifier, in lower case
-	tQuoted         // a "quoted identifier", its content as written
-	tString         // a string constant ('…', E'…', $$…$$), its content undecoded
+	tQuoted         // a "quoted identifier" or U&"…", its name (quotes and escapes decoded)
+	tString         // a string constant ('…', E'…', U&'…', $$…$$), its value (quotes and escapes decoded)
 	tParam          // $1
 	tNumber         // 42, 1.5e3
 	tOpen           // (
@@ -139,6 +157,9 @@ const (
 
 type token struct {
 	kind kind
+	// bad: an E'…' string with an escape the server refuses; its value
+	// (text) is not known.
+	bad  bool
 	text string
 }
 
@@ -149,6 +170,10 @@ type lexer struct {
 	// open: the text ended inside a string, quoted identifier, dollar
 	// quote or block comment.
 	open bool
+	// bad: a U& token since the flag was last cleared holds an escape
+	// the server would refuse (see escape.go): what it names is not known.
+	// (MayHave sends every text with U& to Scan.)
+	bad bool
 }
 
 func isIdentStart(c byte) bool {
@@ -177,23 +202,22 @@ func (l *lexer) next() token {
 		case c == '/' && l.i+1 < len(s) && s[l.i+1] == '*':
 			l.skipBlockComment()
 		case c == '\'':
-			return l.quoted('\'', false)
+			return token{kind: tString, text: undouble(l.body('\'', false), "''")}
 		case (c == 'e' || c == 'E') && l.i+1 < len(s) && s[l.i+1] == '\'':
 			l.i++
-			return l.quoted('\'', true)
+			text, ok := decodeEscapeString(l.body('\'', true))
+			return token{kind: tString, text: text, bad: !ok}
 		case (c == 'u' || c == 'U') && l.i+2 < len(s) && s[l.i+1] == '&' && (s[l.i+2] == '\'' || s[l.i+2] == '"'):
-			// U&'…' and U&"…": unicode escapes are \XXXX, and a quote
-			// is doubled as usual.
 			l.i += 2
-			if s[l.i] == '"' {
-				return l.quoted('"', false)
-			}
-			return l.quoted('\'', false)
-		case (c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') && l.i+1 < len(s) && s[l.i+1] == '\'':
-			l.i++
-			return l.quoted('\'', false)
+			return l.unicode()
+		case (c == 'n' || c == 'N') && l.i+1 < len(s) && s[l.i+1] == '\'':
+			l.i++ // N'…': a plain string, typed national character
+			return token{kind: tString, text: undouble(l.body('\'', false), "''")}
+		case (c == 'b' || c == 'B' || c == 'x' || c == 'X') && l.i+1 < len(s) && s[l.i+1] == '\'':
+			l.i++ // B'…', X'…': bits, no text
+			return token{kind: tString, text: l.body('\'', false)}
 		case c == '"':
-			return l.quoted('"', false)
+			return token{kind: tQuoted, text: undouble(l.body('"', false), `""`)}
 		case c == '$':
 			if t, ok := l.dollar(); ok {
 				return t
@@ -258,10 +282,11 @@ func (l *lexer) skipBlockComment() {
 	l.open = true
 }
 
-// quoted reads a string or quoted identifier starting at the quote q at
-// l.i; a doubled q stands for itself, and with backslash a backslash
-// escapes the next byte. An unterminated one runs to the end of the text.
-func (l *lexer) quoted(q byte, backslash bool) token {
+// body reads a string or quoted identifier starting at the quote q at
+// l.i and returns the text between the quotes as written; a doubled q
+// stands for itself, and with backslash a backslash escapes the next byte.
+// An unterminated one runs to the end of the text.
+func (l *lexer) body(q byte, backslash bool) string {
 	s := l.s
 	l.i++
 	start := l.i
@@ -273,21 +298,22 @@ func (l *lexer) quoted(q byte, backslash bool) token {
 		case c == q && l.i+1 < len(s) && s[l.i+1] == q:
 			l.i += 2
 		case c == q:
-			text := s[start:l.i]
 			l.i++
-			if q == '"' {
-				return token{kind: tQuoted, text: strings.ReplaceAll(text, `""`, `"`)}
-			}
-			return token{kind: tString, text: text}
+			return s[start : l.i-1]
 		default:
 			l.i++
 		}
 	}
 	l.open = true
-	if q == '"' {
-		return token{kind: tQuoted, text: s[start:]}
+	return s[start:]
+}
+
+// undouble returns s with each doubled quote pair made one quote.
+func undouble(s, pair string) string {
+	if !strings.Contains(s, pair) {
+		return s
 	}
-	return token{kind: tString, text: s[start:]}
+	return strings.ReplaceAll(s, pair, pair[:1])
 }
 
 // dollar reads, at a '$', a parameter ($1) or a dollar-quoted string
@@ -380,7 +406,7 @@ func classify(t []token) Effect {
 	case "deallocate":
 		e |= Prepare
 	case "set":
-		e |= classifySet(w)
+		e |= classifySet(t, w)
 	case "reset":
 		e |= Setting
 		switch w(1) {
@@ -390,6 +416,9 @@ func classify(t []token) Effect {
 			if w(2) == "authorization" {
 				e |= Role
 			}
+		}
+		if quotedRole(t, 1) {
+			e |= Role
 		}
 	case "discard":
 		e |= Setting
@@ -417,7 +446,7 @@ func classify(t []token) Effect {
 				e |= TempObject
 			}
 		}
-		if hasWord(t, "pg_temp") {
+		if hasName(t, "pg_temp") {
 			e |= TempObject
 		}
 	default:
@@ -447,6 +476,9 @@ func classify(t []token) Effect {
 // new table temporary: INTO TEMP, INTO LOCAL TEMPORARY, INTO pg_temp.t.
 func selectIntoTemp(t []token) bool {
 	for i := 0; i < len(t) && i < 3; i++ {
+		if t[i].kind == tQuoted {
+			return t[i].text == "pg_temp"
+		}
 		if t[i].kind != tWord {
 			return false
 		}
@@ -461,8 +493,12 @@ func selectIntoTemp(t []token) bool {
 	return false
 }
 
-// classifySet classifies SET …; w(i) is the statement's i-th word.
-func classifySet(w func(int) string) Effect {
+// classifySet classifies SET …, whose tokens are t; w(i) is the
+// statement's i-th word.
+func classifySet(t []token, w func(int) string) Effect {
+	if quotedRole(t, 1) || w(1) == "session" && quotedRole(t, 2) {
+		return Setting | Role // SET "role" = …, SET SESSION U&"\0072ole" TO …
+	}
 	switch w(1) {
 	case "local", "transaction", "constraints":
 		return LocalSetting
@@ -484,6 +520,20 @@ func classifySet(w func(int) string) Effect {
 		return Setting | Role
 	}
 	return Setting
+}
+
+// quotedRole reports whether t[i] is a quoted name of the settings that
+// say who the session is: role, session_authorization (setting names are
+// not case sensitive).
+func quotedRole(t []token, i int) bool {
+	if i >= len(t) || t[i].kind != tQuoted {
+		return false
+	}
+	switch strings.ToLower(t[i].text) {
+	case "role", "session_authorization":
+		return true
+	}
+	return false
 }
 
 // locksRows reports FOR UPDATE, FOR NO KEY UPDATE, FOR SHARE, FOR KEY SHARE.
@@ -537,7 +587,7 @@ func functionEffects(t []token) Effect {
 // argument tokens.
 func setConfigEffects(a [][]token) Effect {
 	local, known := false, false
-	if len(a) == 3 && len(a[2]) == 1 {
+	if len(a) == 3 && len(a[2]) == 1 && !a[2][0].bad {
 		switch tk := a[2][0]; {
 		case tk.kind == tWord && tk.text == "true":
 			local, known = true, true
@@ -559,7 +609,7 @@ func setConfigEffects(a [][]token) Effect {
 	if !known {
 		e |= LocalSetting
 	}
-	if len(a) == 0 || len(a[0]) != 1 || a[0][0].kind != tString {
+	if len(a) == 0 || len(a[0]) != 1 || a[0][0].kind != tString || a[0][0].bad {
 		return e | Role // the name is not in the text: it may be role
 	}
 	switch strings.ToLower(a[0][0].text) {
@@ -602,6 +652,17 @@ func args(t []token) [][]token {
 func hasWord(t []token, word string) bool {
 	for _, tk := range t {
 		if tk.kind == tWord && tk.text == word {
+			return true
+		}
+	}
+	return false
+}
+
+// hasName reports whether t names name, as a word or quoted ("pg_temp",
+// U&"pg\005ftemp").
+func hasName(t []token, name string) bool {
+	for _, tk := range t {
+		if (tk.kind == tWord || tk.kind == tQuoted) && tk.text == name {
 			return true
 		}
 	}

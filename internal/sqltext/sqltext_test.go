@@ -140,6 +140,81 @@ func TestScanEffects(t *testing.T) {
 		{"lock table t", Lock},
 		{"frobnicate", Write},
 		{"$1", Write},
+
+		// Names and strings spelled with escapes are what they decode to.
+		{`select U&"\0073et_config"('statement_timeout','1234',false)`, Setting},
+		{`select u&"SET\005FCONFIG"('role', 'x', false)`, Setting | Role},
+		{`select U&"\+000073et_config"('app.x', '1', true)`, LocalSetting},
+		{`select U&"set!005fconfig" UESCAPE '!' ('search_path', 'pg_catalog', false)`, Setting},
+		{"select U&\"set!005fconfig\" /* c */ uescape -- d\n '!'('app.x', '1', false)", Setting},
+		{`select U&"set#005fconfig" UESCAPE E'#' ('app.x', '1', false)`, Setting},
+		{`select U&"set#005fconfig" UESCAPE $$#$$ ('app.x', '1', false)`, Setting},
+		{`select U&"set#005fconfig"UESCAPE'#'('app.x', '1', false)`, Setting},
+		{`select set_config(U&'\0072ole', 'x', false)`, Setting | Role},
+		{`select set_config(U&'\0072OLE', 'x', false)`, Setting | Role},
+		{`select set_config(U&'\+000072ole', 'x', false)`, Setting | Role},
+		{`select set_config(U&'!0072ole' UESCAPE '!', 'x', false)`, Setting | Role},
+		{`select set_config(U&'session\005fauthorization', 'x', false)`, Setting | Role},
+		{`select set_config(U&'r\\ole', 'x', false)`, Setting},               // r\ole
+		{`select set_config(U&'r!!ole' UESCAPE '!', 'x', false)`, Setting},   // r!ole
+		{`select set_config(U&'\0072ole' UESCAPE '!', 'x', false)`, Setting}, // '\' is plain here
+		{`select set_config('role', 'x', U&'\0074')`, LocalSetting},
+		{`select set_config('role', 'x', U&'o\0066f')`, Setting | Role},
+		{`select set_config(N'role', 'x', false)`, Setting | Role},
+		{`select set_config('it''s', 'x', false)`, Setting},
+		{`select set_config(E'\162ole', 'x', false)`, Setting | Role},
+		{`select set_config(E'\x72ole', 'x', false)`, Setting | Role},
+		{`select set_config(E'\u0072ole', 'x', false)`, Setting | Role},
+		{`select set_config(E'\U00000072ole', 'x', false)`, Setting | Role},
+		{`select set_config(E'r\o\le', 'x', false)`, Setting | Role},
+		{`select set_config(E'r''ole', 'x', false)`, Setting},
+		{`select set_config('a.b', 'x', E'\x74rue')`, LocalSetting},
+		{`select set_config('a.b', 'x', E'\164')`, LocalSetting},
+		{`select U&"pg_\0061dvisory_lock"(1)`, AdvisoryLock},
+		{`select U&"pg_\0061dvisory_xact_lock"(1)`, Lock},
+		{`select U&"\006Eextval"('s')`, Write},
+		{`SET U&"\0072ole" = tenant`, Setting | Role},
+		{`set "role" to tenant`, Setting | Role},
+		{`set session "ROLE" = tenant`, Setting | Role},
+		{`set "session_authorization" = app`, Setting | Role},
+		{`set local "role" = tenant`, LocalSetting},
+		{`reset "role"`, Setting | Role},
+		{`SET U&"\0073earch_path" = pg_catalog`, Setting},
+		{`create table "pg_temp".t (id int)`, Write | TempObject},
+		{`create table U&"pg\005Ftemp".t (id int)`, Write | TempObject},
+		{`create table "PG_TEMP".t (id int)`, Write}, // a schema of that name
+		{`select 1 into U&"pg_\0074emp".t`, Write | TempObject},
+		{`select U&'\D83D\DE00', U&"\0073et_config"`, 0},
+		{`select U&'\0072ole' uescape '!'`, 0},
+		{`select 1 as uescape`, 0},
+
+		// An escape the server refuses: what it names is not known.
+		{`select U&"\00zzset_config"('app.x', '1', false)`, unsure},
+		{`select U&"\0073et_config" UESCAPE`, unsure},
+		{`select U&'\0000'`, unsure},
+		{`select U&'\+110000'`, unsure},
+		{`select U&'\D83D'`, unsure},
+		{`select U&'\D83Dx'`, unsure},
+		{`select U&'\DE00'`, unsure},
+		{`select U&'\'`, unsure},
+		{`select U&""`, unsure},
+		{`select U&'x' UESCAPE '+'`, unsure},
+		{`select U&'x' UESCAPE 'a'`, unsure},
+		{`select U&'x' UESCAPE ''''`, unsure},
+		{`select U&'x' UESCAPE ' '`, unsure},
+		{`select U&'x' UESCAPE '!!'`, unsure},
+		{`select U&'x' UESCAPE ''`, unsure},
+		{`select U&'x' UESCAPE 1`, unsure},
+		{`select U&'x' UESCAPE U&'!'`, unsure},
+		{`select U&'x' UESCAPE $1`, unsure},
+		{`select E'\u00'`, 0}, // refused, but names nothing
+		{`select E'\uD83D'`, 0},
+		{`select set_config(E'\u00', 'x', false)`, Setting | Role},
+		{`select set_config(E'\000', 'x', false)`, Setting | Role},
+		{`select set_config('a.b', 'x', E'\xff')`, Setting | LocalSetting},
+		{`select E'\uD83D\uDE00'`, 0},
+		{`select E'\xc3\xa9'`, 0},
+		{`begin; select U&'\zz'`, Begin | unsure},
 	} {
 		if got := Scan(tc.sql).Effects; got != tc.want {
 			t.Errorf("Scan(%q).Effects = %s, want %s", tc.sql, got, tc.want)
@@ -164,6 +239,8 @@ func TestScanStatements(t *testing.T) {
 		{"select 'unterminated; begin", 1},
 		{"select $$unterminated; begin", 1},
 		{"select 1 /* unterminated ; begin", 1},
+		{`select U&'\zz'; select 1; select U&"a" uescape ; select 2`, 4},
+		{`select U&'a' uescape '!'; select 1`, 2},
 	} {
 		if got := Scan(tc.sql).Statements; got != tc.want {
 			t.Errorf("Scan(%q).Statements = %d, want %d", tc.sql, got, tc.want)
@@ -219,6 +296,12 @@ func TestMayHave(t *testing.T) {
 		{"/* unterminated", true},
 		{"selectx", true},
 		{"", true},
+		{`select U&"\0073et_config"('a.b', '1', false)`, true},
+		{`select u&'\0072ole'`, true},
+		{`select U&"pg_\0061dvisory_lock"(1)`, true},
+		{"select a & b, au&b from t", false},
+		{`select E'\u00'`, false},
+		{`select a&'x'`, false},
 	} {
 		if got := MayHave(tc.sql, quickEffects); got != tc.want {
 			t.Errorf("MayHave(%q) = %v, want %v", tc.sql, got, tc.want)
@@ -259,6 +342,9 @@ func FuzzScan(f *testing.F) {
 		"select 1", "/* x /* y */ z */ BEGIN", "select $$;$$; begin", `select E'\'' ; set role x`,
 		"select set_config('role', $1, false)", "declare c cursor with hold for select 1",
 		`U&"a""b"`, "$1$2$$", "select 'a'; commit", "(", ")))", "--",
+		`select U&"\0073et_config"('statement_timeout','1234',false)`, `select set_config(U&'!0072ole' UESCAPE '!', 'x', false)`,
+		`U&"x" uescape`, `U&'x' UESCAPE $a`, `U&"\D83D\DE00" UESCAPE E'\\'`, `E'\u00'`, `U&'a' uescape U&'b' uescape '!'`,
+		`set "role" = x`, `create table U&"pg\005Ftemp".t ()`,
 	} {
 		f.Add(s)
 	}

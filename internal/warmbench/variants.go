@@ -27,6 +27,7 @@ type Variant struct {
 	Op    func(context.Context) error // the timed operation
 	Warm  func(context.Context) error // runs a query on every connection of the pool
 	DB    *sql.DB                     // nil for pgxpool
+	Pool  *pgxpool.Pool               // pgxpool's, else nil
 	Close func()
 }
 
@@ -305,7 +306,7 @@ func OpenPgxpoolVariant(ctx context.Context, name, dsn string, conns int) (*Vari
 	if err != nil {
 		return v, err
 	}
-	v.Close = pool.Close
+	v.Close, v.Pool = pool.Close, pool
 	v.Op = func(ctx context.Context) error { return ScanOne(pool.QueryRow(ctx, "select 1")) }
 	v.Warm = func(ctx context.Context) error {
 		err := holdEach(ctx, conns, pool.Acquire,
