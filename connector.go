@@ -196,6 +196,9 @@ func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 	if cfg.lazyBegin {
 		pc.AfterNetConnect = beginNetConn(pc.AfterNetConnect)
 	}
+	// A statement whose context ends is cancelled, and its connection
+	// kept (cancelpgx.go).
+	installPgxCancel(pc, cfg.cancelGrace, cfg.pgbouncer)
 	// pgx's stdlib pings on the first reuse of every connection and after
 	// each second of idleness. warmpg's ResetSession decides instead.
 	return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa

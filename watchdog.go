@@ -127,6 +127,13 @@ func (c *conn) armed() bool {
 	return c.watchTok != 0
 }
 
+// watchRows reports whether a query's rows need wrapping: a watchdog is
+// armed, or pgx cancels the query when ctx ends (cancelpgx.go), so that its
+// rows report the 57014 as the context's error.
+func (c *conn) watchRows(ctx context.Context) bool {
+	return c.armed() || (ctx.Done() != nil && c.cancelOf() != nil)
+}
+
 func noop() {}
 
 // ctxErr makes an error the context's end caused — the server cancelled
@@ -137,6 +144,7 @@ func (c *conn) ctxErr(ctx context.Context, err error) error {
 	if err == nil || err == io.EOF || ctx.Err() == nil { //nolint:errorlint // io.EOF is compared with == by database/sql
 		return err
 	}
+	c.cancelOf().settled(err)
 	var coded interface{ SQLState() string }
 	if !c.timedOut.Load() && !(errors.As(err, &coded) && coded.SQLState() == "57014") {
 		return err
@@ -233,8 +241,11 @@ var (
 // pgx's transactions are returned as they are: pgx reports the status and
 // ends its statements on the context itself.
 func (c *conn) wrapTx(ctx context.Context, tx driver.Tx, err error) (driver.Tx, error) {
-	if err != nil || c.pgx != nil {
+	if err != nil {
 		return tx, err
+	}
+	if c.pgx != nil {
+		return c.wrapPgxTx(ctx, tx), nil
 	}
 	c.maybeTx = true
 	return &watchedTx{Tx: tx, c: c, ctx: ctx}, nil

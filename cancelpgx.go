@@ -1,0 +1,341 @@
+package warmpg
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+)
+
+// Cancellation on pgx (issue 26). pgx's default context handler sets a
+// past deadline on the socket when a statement's context ends: the read
+// fails, pgx closes the connection, and every timeout costs a reconnect
+// (and the connection's warmed statements). pgx's own
+// CancelRequestContextWatcherHandler keeps the connection but may let the
+// cancel of one statement hit the next (it sleeps 100 ms and hopes).
+//
+// pgxCancel is warmpg's handler instead, for the pgx connectors warmpg
+// builds, when pool_cancel_grace is above zero. When a statement's context
+// ends it sends a CancelRequest at once (pgconn's CancelRequest, on a
+// connection of its own that is no pool connection: see cancelDial), and
+// arms the grace. The server fails the statement (57014, its work undone)
+// and pgx reads the connection back to idle, as after any error. Before the
+// pgx call returns (HandleUnwatchAfterCancel, in the goroutine that owns
+// the connection) the handler waits for the cancel connection to end: the
+// server sends its SIGINT to the backend before it closes that connection,
+// and a backend handles a pending SIGINT before it reads the next command,
+// ignoring it when idle. So once the server has closed the cancel
+// connection, and the cancelled statement has returned, the cancel can no
+// longer land, and the connection is handed back to database/sql. Nothing
+// else can run on the connection before: the pgx call has not returned.
+//
+// The connection is never used again (unsafe: IsValid and ResetSession
+// discard it) when
+//   - the grace passed before the statement returned: the socket gets a
+//     past deadline, as pgx's default does at once, the read fails and pgx
+//     closes the connection (a frozen server, a black hole);
+//   - the cancel was written but the server did not close its connection
+//     within the grace (so it may still land);
+//   - on a pool_pgbouncer pool, the statement did not end with the cancel's
+//     57014: PgBouncer closes the client's cancel connection before it has
+//     passed the cancel on (1.18), so only the 57014 proves the cancel
+//     landed; otherwise it may still reach the server connection the
+//     statement ran on.
+//
+// A statement that returns before the cancel goroutine starts sends no
+// cancel. pool_cancel_grace=0 keeps pgx's default handler.
+type pgxCancel struct {
+	pgc       *pgconn.PgConn
+	grace     time.Duration
+	pgbouncer bool
+
+	mu       sync.Mutex
+	seq      uint64        // the current HandleCancel's
+	returned bool          // the watched operation is over (Unwatch)
+	cut      bool          // the grace passed first: the socket got a past deadline
+	timer    *time.Timer   // the grace
+	done     chan struct{} // closed when the cancel goroutine ends
+	sent     bool          // the cancel goroutine wrote a CancelRequest
+
+	// unsafe: a cancel may still reach this connection's backend, or the
+	// socket was cut; never use the connection again.
+	unsafe atomic.Bool
+	// unproven: pool_pgbouncer only; a cancel was sent and the statement
+	// has not been seen failing with 57014 (settled clears it).
+	unproven atomic.Bool
+
+	cancels atomic.Uint64 // CancelRequests sent (for tests)
+}
+
+// cancelDataKey is where a PgConn's CustomData keeps its pgxCancel.
+const cancelDataKey = "warmpg.cancel"
+
+// installPgxCancel makes pc's connections end a statement whose context
+// ended with a CancelRequest (see pgxCancel), and recognise the
+// CancelRequest connections among pc's dials.
+func installPgxCancel(pc *pgx.ConnConfig, grace time.Duration, pgbouncer bool) {
+	if grace <= 0 {
+		return
+	}
+	pc.DialFunc = cancelDial(pc.DialFunc)
+	pc.BuildContextWatcherHandler = func(pgc *pgconn.PgConn) ctxwatch.Handler {
+		h := &pgxCancel{pgc: pgc, grace: grace, pgbouncer: pgbouncer}
+		pgc.CustomData()[cancelDataKey] = h
+		return h
+	}
+}
+
+// pgxCancelOf returns the handler of a pgx connection, or nil.
+func pgxCancelOf(pgc *pgconn.PgConn) *pgxCancel {
+	h, _ := pgc.CustomData()[cancelDataKey].(*pgxCancel)
+	return h
+}
+
+// HandleCancel runs, in a goroutine of its own, when the context of the
+// operation running on the connection ends.
+func (h *pgxCancel) HandleCancel(context.Context) {
+	h.mu.Lock()
+	h.seq++
+	seq := h.seq
+	h.returned, h.cut, h.sent = false, false, false
+	done := make(chan struct{})
+	h.done = done
+	deadline := time.Now().Add(h.grace)
+	h.timer = time.AfterFunc(h.grace, func() { h.graceOver(seq) })
+	h.mu.Unlock()
+	go h.send(seq, done, deadline)
+}
+
+// graceOver cuts the socket when the statement of arming seq has not
+// returned within the grace.
+func (h *pgxCancel) graceOver(seq uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seq != seq || h.returned {
+		return
+	}
+	h.cut = true
+	h.unsafe.Store(true)
+	h.pgc.Conn().SetDeadline(pastDeadline)
+}
+
+// send sends the CancelRequest of arming seq, unless the statement has
+// returned already, and waits, until deadline, for the server to close the
+// cancel connection.
+func (h *pgxCancel) send(seq uint64, done chan struct{}, deadline time.Time) {
+	defer close(done)
+	h.mu.Lock()
+	skip := h.seq != seq || h.returned
+	if !skip {
+		h.sent = true
+	}
+	h.mu.Unlock()
+	if skip {
+		return // nothing sent: nothing can land
+	}
+	p := &cancelProbe{deadline: deadline}
+	ctx, cancel := context.WithDeadline(context.WithValue(context.Background(), cancelProbeKey{}, p), deadline)
+	defer cancel()
+	_ = h.pgc.CancelRequest(ctx)
+	h.cancels.Add(1)
+	if p.wrote.Load() && !p.eof.Load() {
+		// Written, and the server did not say it was done with it: it
+		// may still signal the backend.
+		h.unsafe.Store(true)
+	}
+}
+
+// HandleUnwatchAfterCancel runs when the operation whose context ended is
+// over, in the goroutine that ran it, before pgx returns: it waits until
+// the cancel can no longer land (bounded by the grace).
+func (h *pgxCancel) HandleUnwatchAfterCancel() {
+	h.mu.Lock()
+	h.returned = true
+	if h.timer != nil {
+		h.timer.Stop()
+		h.timer = nil
+	}
+	done := h.done
+	h.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+	h.mu.Lock()
+	if h.cut {
+		h.unsafe.Store(true)
+	}
+	if h.sent && h.pgbouncer {
+		h.unproven.Store(true)
+	}
+	h.mu.Unlock()
+}
+
+// settled notes the error a statement returned: on a pool_pgbouncer pool a
+// 57014 proves the cancel landed.
+func (h *pgxCancel) settled(err error) {
+	if h == nil || !h.unproven.Load() {
+		return
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "57014" {
+		h.unproven.Store(false)
+	}
+}
+
+// reusable reports whether no cancel can reach the connection any more.
+func (h *pgxCancel) reusable() bool {
+	return h == nil || (!h.unsafe.Load() && !h.unproven.Load())
+}
+
+// cancelProbe watches one CancelRequest connection: whether the request
+// was written, and whether the server closed the connection after it.
+type cancelProbe struct {
+	deadline time.Time
+	wrote    atomic.Bool
+	eof      atomic.Bool
+}
+
+type cancelProbeKey struct{}
+
+// cancelDial wraps pgx's DialFunc (pgconn's CancelRequest dials through it
+// too): a dial whose context carries a cancelProbe is a CancelRequest
+// connection of pgxCancel's, wrapped to tell the probe what happened on
+// it. It is no pool connection: warmpg counts connects at Connect, which
+// these never pass, and pool_lazy_begin's layer (AfterNetConnect) never
+// sees them.
+func cancelDial(next pgconn.DialFunc) pgconn.DialFunc {
+	if next == nil {
+		next = (&net.Dialer{KeepAlive: 5 * time.Minute}).DialContext
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := next(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if p, ok := ctx.Value(cancelProbeKey{}).(*cancelProbe); ok {
+			return &cancelConn{Conn: nc, p: p}, nil
+		}
+		return nc, nil
+	}
+}
+
+// cancelConn is a CancelRequest connection (see cancelDial).
+type cancelConn struct {
+	net.Conn
+	p    *cancelProbe
+	once sync.Once
+}
+
+func (c *cancelConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.p.wrote.Store(true)
+	}
+	return n, err
+}
+
+func (c *cancelConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if errors.Is(err, io.EOF) {
+		c.p.eof.Store(true)
+	}
+	return n, err
+}
+
+// Close first reads what is left until the server's close (bounded by the
+// probe's deadline): under TLS, pgx's read ends at the server's
+// close_notify, before the socket's end.
+func (c *cancelConn) Close() error {
+	c.once.Do(func() {
+		if c.p.wrote.Load() && !c.p.eof.Load() {
+			c.Conn.SetReadDeadline(c.p.deadline)
+			var buf [256]byte
+			for range 64 {
+				if _, err := c.Read(buf[:]); err != nil {
+					break
+				}
+			}
+		}
+	})
+	return c.Conn.Close()
+}
+
+// cancelOf returns the pgxCancel of c's pgx connection, or nil.
+func (c *conn) cancelOf() *pgxCancel {
+	if c.pgx == nil {
+		return nil
+	}
+	return pgxCancelOf(c.pgx.Conn().PgConn())
+}
+
+// cancelUnusable says why a pgx connection whose statement was cancelled
+// must not be used again, or nil.
+func (c *conn) cancelUnusable() error {
+	if h := c.cancelOf(); !h.reusable() {
+		return errBadConn("a cancel request may still reach its backend, or its socket was cut", nil)
+	}
+	return nil
+}
+
+// rollbackCtx is the context to roll back, with ctx, a pgx transaction
+// whose context may have ended: when it has (database/sql rolls back when
+// a transaction's context ends, with that context), a fresh one bounded by
+// pool_cancel_grace, so that the rollback is sent and the connection can be
+// kept; else ctx. On a connection a cancel may still reach, ctx: the
+// rollback fails at once and the connection is closed, which rolls back
+// on the server.
+func (c *conn) rollbackCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	h := c.cancelOf()
+	if h == nil || ctx.Err() == nil || !h.reusable() {
+		return ctx, noop
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), h.grace)
+}
+
+// cancelTx is a pgx stdlib transaction on a connection with a pgxCancel:
+// Rollback after the transaction's context ended still rolls back (pgx's
+// would fail at once on the ended context and close the connection).
+type cancelTx struct {
+	driver.Tx
+	c   *conn
+	ctx context.Context
+}
+
+func (t *cancelTx) Rollback() error {
+	if t.ctx.Err() == nil {
+		return t.Tx.Rollback()
+	}
+	pc := t.c.pgx.Conn()
+	rctx, done := t.c.rollbackCtx(t.ctx)
+	defer done()
+	_, err := pc.Exec(rctx, "rollback")
+	if err == nil && pc.PgConn().TxStatus() != 'I' {
+		err = fmt.Errorf("transaction status %q after rollback", pc.PgConn().TxStatus())
+	}
+	if err != nil {
+		// As pgx: a failed rollback leaves the connection in an unknown
+		// state; close it.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = pc.PgConn().Close(ctx)
+		return fmt.Errorf("rollback failed: %w", err)
+	}
+	return nil
+}
+
+// wrapPgxTx wraps a pgx transaction begun with ctx when c has a pgxCancel.
+func (c *conn) wrapPgxTx(ctx context.Context, tx driver.Tx) driver.Tx {
+	if c.cancelOf() == nil {
+		return tx
+	}
+	return &cancelTx{Tx: tx, c: c, ctx: ctx}
+}
