@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,19 +45,20 @@ import (
 //     past deadline, as pgx's default does at once, the read fails and pgx
 //     closes the connection (a frozen server, a black hole);
 //   - the cancel was written but the server did not close its connection
-//     within the grace (so it may still land);
-//   - on a pool_pgbouncer pool, the statement did not end with the cancel's
-//     57014: PgBouncer closes the client's cancel connection before it has
-//     passed the cancel on (1.18), so only the 57014 proves the cancel
-//     landed; otherwise it may still reach the server connection the
-//     statement ran on.
+//     within the grace (so it may still land).
+//
+// Through PgBouncer (1.18 or later) the same holds: PgBouncer forwards the
+// cancel to the server connection running the client's statement, closes
+// the client's cancel connection only once the server has closed the one it
+// opened (pgbouncer #717), and lends that server connection to no one
+// until its cancels are done. Older PgBouncers can let any client's cancel
+// reach another's statement, warmpg or not.
 //
 // A statement that returns before the cancel goroutine starts sends no
 // cancel. pool_cancel_grace=0 keeps pgx's default handler.
 type pgxCancel struct {
-	pgc       *pgconn.PgConn
-	grace     time.Duration
-	pgbouncer bool
+	pgc   *pgconn.PgConn
+	grace time.Duration
 
 	mu       sync.Mutex
 	seq      uint64        // the current HandleCancel's
@@ -64,16 +66,11 @@ type pgxCancel struct {
 	cut      bool          // the grace passed first: the socket got a past deadline
 	timer    *time.Timer   // the grace
 	done     chan struct{} // closed when the cancel goroutine ends
-	sent     bool          // the cancel goroutine wrote a CancelRequest
+	ret      chan struct{} // closed when the statement returned (Unwatch)
 
 	// unsafe: a cancel may still reach this connection's backend, or the
 	// socket was cut; never use the connection again.
 	unsafe atomic.Bool
-	// unproven: pool_pgbouncer only; a cancel was sent and the statement
-	// has not been seen failing with 57014 (settled clears it).
-	unproven atomic.Bool
-
-	cancels atomic.Uint64 // CancelRequests sent (for tests)
 }
 
 // cancelDataKey is where a PgConn's CustomData keeps its pgxCancel.
@@ -82,13 +79,13 @@ const cancelDataKey = "warmpg.cancel"
 // installPgxCancel makes pc's connections end a statement whose context
 // ended with a CancelRequest (see pgxCancel), and recognise the
 // CancelRequest connections among pc's dials.
-func installPgxCancel(pc *pgx.ConnConfig, grace time.Duration, pgbouncer bool) {
+func installPgxCancel(pc *pgx.ConnConfig, grace time.Duration) {
 	if grace <= 0 {
 		return
 	}
 	pc.DialFunc = cancelDial(pc.DialFunc)
 	pc.BuildContextWatcherHandler = func(pgc *pgconn.PgConn) ctxwatch.Handler {
-		h := &pgxCancel{pgc: pgc, grace: grace, pgbouncer: pgbouncer}
+		h := &pgxCancel{pgc: pgc, grace: grace}
 		pgc.CustomData()[cancelDataKey] = h
 		return h
 	}
@@ -106,13 +103,13 @@ func (h *pgxCancel) HandleCancel(context.Context) {
 	h.mu.Lock()
 	h.seq++
 	seq := h.seq
-	h.returned, h.cut, h.sent = false, false, false
-	done := make(chan struct{})
-	h.done = done
+	h.returned, h.cut = false, false
+	done, ret := make(chan struct{}), make(chan struct{})
+	h.done, h.ret = done, ret
 	deadline := time.Now().Add(h.grace)
 	h.timer = time.AfterFunc(h.grace, func() { h.graceOver(seq) })
 	h.mu.Unlock()
-	go h.send(seq, done, deadline)
+	go h.send(seq, done, ret, deadline)
 }
 
 // graceOver cuts the socket when the statement of arming seq has not
@@ -130,29 +127,45 @@ func (h *pgxCancel) graceOver(seq uint64) {
 
 // send sends the CancelRequest of arming seq, unless the statement has
 // returned already, and waits, until deadline, for the server to close the
-// cancel connection.
-func (h *pgxCancel) send(seq uint64, done chan struct{}, deadline time.Time) {
+// cancel connection. A backend ignores a cancel that reaches it before it
+// has started the statement (still reading it): when the statement has not
+// returned a while after the server closed the cancel connection, send
+// sends another, until the statement returns or the deadline.
+func (h *pgxCancel) send(seq uint64, done, ret chan struct{}, deadline time.Time) {
 	defer close(done)
-	h.mu.Lock()
-	skip := h.seq != seq || h.returned
-	if !skip {
-		h.sent = true
-	}
-	h.mu.Unlock()
-	if skip {
-		return // nothing sent: nothing can land
-	}
-	p := &cancelProbe{deadline: deadline}
-	ctx, cancel := context.WithDeadline(context.WithValue(context.Background(), cancelProbeKey{}, p), deadline)
-	defer cancel()
-	_ = h.pgc.CancelRequest(ctx)
-	h.cancels.Add(1)
-	if p.wrote.Load() && !p.eof.Load() {
-		// Written, and the server did not say it was done with it: it
-		// may still signal the backend.
-		h.unsafe.Store(true)
+	for wait := cancelResend; ; wait *= 2 {
+		h.mu.Lock()
+		skip := h.seq != seq || h.returned
+		h.mu.Unlock()
+		if skip {
+			return // nothing (more) sent: nothing (more) can land
+		}
+		p := &cancelProbe{deadline: deadline}
+		ctx, cancel := context.WithDeadline(context.WithValue(context.Background(), cancelProbeKey{}, p), deadline)
+		_ = h.pgc.CancelRequest(ctx)
+		cancel()
+		if p.wrote.Load() && !p.eof.Load() {
+			// Written, and the server did not say it was done with it:
+			// it may still signal the backend.
+			h.unsafe.Store(true)
+			return
+		}
+		t := time.NewTimer(min(wait, time.Until(deadline)))
+		select {
+		case <-ret:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if !time.Now().Before(deadline) {
+			return
+		}
 	}
 }
+
+// cancelResend is how long after a cancel was acknowledged send waits for
+// the statement to return before it sends another (doubling each time).
+const cancelResend = 25 * time.Millisecond
 
 // HandleUnwatchAfterCancel runs when the operation whose context ended is
 // over, in the goroutine that ran it, before pgx returns: it waits until
@@ -165,6 +178,10 @@ func (h *pgxCancel) HandleUnwatchAfterCancel() {
 		h.timer = nil
 	}
 	done := h.done
+	if h.ret != nil {
+		close(h.ret)
+		h.ret = nil
+	}
 	h.mu.Unlock()
 	if done != nil {
 		<-done
@@ -173,27 +190,12 @@ func (h *pgxCancel) HandleUnwatchAfterCancel() {
 	if h.cut {
 		h.unsafe.Store(true)
 	}
-	if h.sent && h.pgbouncer {
-		h.unproven.Store(true)
-	}
 	h.mu.Unlock()
-}
-
-// settled notes the error a statement returned: on a pool_pgbouncer pool a
-// 57014 proves the cancel landed.
-func (h *pgxCancel) settled(err error) {
-	if h == nil || !h.unproven.Load() {
-		return
-	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) && pe.Code == "57014" {
-		h.unproven.Store(false)
-	}
 }
 
 // reusable reports whether no cancel can reach the connection any more.
 func (h *pgxCancel) reusable() bool {
-	return h == nil || (!h.unsafe.Load() && !h.unproven.Load())
+	return h == nil || !h.unsafe.Load()
 }
 
 // cancelProbe watches one CancelRequest connection: whether the request
@@ -245,7 +247,10 @@ func (c *cancelConn) Write(b []byte) (int, error) {
 
 func (c *cancelConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+		// The server closed the connection: it is done with the request.
+		// A reset: under TLS, pgx's close_notify went to a server that had
+		// closed already.
 		c.p.eof.Store(true)
 	}
 	return n, err

@@ -198,7 +198,7 @@ func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 	}
 	// A statement whose context ends is cancelled, and its connection
 	// kept (cancelpgx.go).
-	installPgxCancel(pc, cfg.cancelGrace, cfg.pgbouncer)
+	installPgxCancel(pc, cfg.cancelGrace)
 	// pgx's stdlib pings on the first reuse of every connection and after
 	// each second of idleness. warmpg's ResetSession decides instead.
 	return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa

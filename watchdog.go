@@ -144,7 +144,6 @@ func (c *conn) ctxErr(ctx context.Context, err error) error {
 	if err == nil || err == io.EOF || ctx.Err() == nil { //nolint:errorlint // io.EOF is compared with == by database/sql
 		return err
 	}
-	c.cancelOf().settled(err)
 	var coded interface{ SQLState() string }
 	if !c.timedOut.Load() && !(errors.As(err, &coded) && coded.SQLState() == "57014") {
 		return err
