@@ -328,10 +328,11 @@ func (t *cancelTx) Rollback() error {
 	}
 	if err != nil {
 		// As pgx: a failed rollback leaves the connection in an unknown
-		// state; close it.
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
+		// state; close it. (Not on an ended context: this handler would
+		// send a pointless CancelRequest.)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = pc.PgConn().Close(ctx)
+		cancel()
 		return fmt.Errorf("rollback failed: %w", err)
 	}
 	return nil
