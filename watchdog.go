@@ -237,8 +237,10 @@ var (
 // back before the next user gets the connection (ResetSession), whatever
 // the inner driver; and on a connection with a watchdog, Commit and
 // Rollback are bounded by the transaction's context as statements are.
-// pgx's transactions are returned as they are: pgx reports the status and
-// ends its statements on the context itself.
+// pgx reports the status and ends its statements on the context itself:
+// its transactions are returned as they are, but for a Rollback after the
+// context ended on a connection warmpg cancels on (wrapPgxTx,
+// cancelpgx.go).
 func (c *conn) wrapTx(ctx context.Context, tx driver.Tx, err error) (driver.Tx, error) {
 	if err != nil {
 		return tx, err
