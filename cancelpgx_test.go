@@ -442,8 +442,10 @@ func TestCancelPgxAutocommitAndPgBouncer(t *testing.T) {
 
 // BenchmarkCancelConnects (issue 26): connects per 1,000 timeouts, warmpg
 // against plain pgx: a warmed pool of 4, `select pg_sleep(0.3)` with a 20 ms
-// deadline. Plain pgx reconnects after every timeout (1,000); warmpg keeps
-// the connection. Run: go test -run '^$' -bench CancelConnects -benchtime 1000x .
+// deadline, then `select 1` with none (so that a pool that lost its
+// connection connects again, outside the 20 ms). Plain pgx reconnects after
+// every timeout; warmpg keeps the connection. Run:
+// go test -run '^$' -bench CancelConnects -benchtime 1000x .
 func BenchmarkCancelConnects(b *testing.B) {
 	srv := pgtest.Get(b)
 	for _, which := range []string{"warmpg", "pgx"} {
@@ -459,6 +461,9 @@ func BenchmarkCancelConnects(b *testing.B) {
 					timeouts++
 				} else {
 					b.Fatalf("want a timeout, got %v", err)
+				}
+				if _, err := db.ExecContext(context.Background(), "select 1"); err != nil {
+					b.Fatal(err)
 				}
 			}
 			b.ReportMetric(float64(connects()-before)*1000/float64(timeouts), "connects/1000timeouts")
