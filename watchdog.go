@@ -25,7 +25,9 @@ import (
 // handed out again (IsValid, ResetSession). So a deadline bounds every
 // statement by deadline + grace, and a statement the server can still
 // cancel is cancelled, not cut off while the server goes on to commit it.
-// pgx sets such a deadline itself and is left alone.
+// pgx ends a statement on its context itself; on the pgx connectors warmpg
+// builds, cancelpgx.go's handler does the same for pgx (a CancelRequest,
+// the same grace), and keeps the connection.
 //
 // The watchdog is disarmed when the statement is done: after Exec, Ping,
 // Prepare, BeginTx, Commit and Rollback return, and for a query when its
