@@ -43,9 +43,9 @@ fmt-check:
 # random, so it gives the same answer every time. Exploring is `make fuzz`.
 # The container tool's tests skip the container itself without a Docker
 # engine.
-test: setup vet fmt-check adopter-check test-race pgx-suite test-oldest
+test: setup vet fmt-check adopter-check test-race pgx-suite pgx-latest test-oldest
 
-.PHONY: test-race adopter-check test-oldest pgx-suite
+.PHONY: test-race adopter-check test-oldest pgx-suite pgx-latest
 test-race: setup
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 	$(GO) -C $(CMD_MODULE) test -race -count=1 -timeout 10m $(TESTFLAGS) ./...
@@ -57,6 +57,15 @@ test-race: setup
 # scripts/pgx-suite.sh lists.
 pgx-suite: setup
 	GO=$(GO) bash scripts/pgx-suite.sh
+
+# The tests most tied to pgx's internals (statement warming, lazy BEGIN,
+# replan, the retry classification, cancellation, and pgx's stdlib suite)
+# against the newest pgx/v5 the module proxy serves, in a temporary copy
+# of the module: a pgx that changes what warmpg relies on fails here,
+# naming the assumption that broke. Against go.mod's own pgx when nothing
+# newer is served (it says so).
+pgx-latest: setup
+	GO=$(GO) bash scripts/pgx-latest.sh
 
 # A new module whose only import is warmpg must have at most 22 modules in
 # its graph (`go list -m all`); prints the count.

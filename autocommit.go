@@ -129,14 +129,22 @@ func (t *autocommitTx) beginPgx(ctx context.Context) (driver.Tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pgxTx{ctx: t.ctx, tx: tx}, nil
+	return pgxTx{ctx: t.ctx, tx: tx, c: t.c}, nil
 }
 
 // pgxTx is a pgx transaction as database/sql sees one.
 type pgxTx struct {
 	ctx context.Context
 	tx  pgx.Tx
+	c   *conn
 }
 
-func (p pgxTx) Commit() error   { return p.tx.Commit(p.ctx) }
-func (p pgxTx) Rollback() error { return p.tx.Rollback(p.ctx) }
+func (p pgxTx) Commit() error { return p.tx.Commit(p.ctx) }
+
+// Rollback rolls back on a fresh context when the transaction's ended and
+// the connection may be kept (cancelpgx.go).
+func (p pgxTx) Rollback() error {
+	ctx, done := p.c.rollbackCtx(p.ctx)
+	defer done()
+	return p.tx.Rollback(ctx)
+}

@@ -346,7 +346,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 			rows, err = c.resendQuery(ctx, q, query, args, err)
 		}
 		err = c.afterLazy(err)
-		if err != nil || !c.armed() {
+		if err != nil || !c.watchRows(ctx) {
 			disarm()
 			return rows, c.ctxErr(ctx, err)
 		}

@@ -198,6 +198,9 @@ func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 		// travel in the write of what follows them (lazywire.go).
 		pc.AfterNetConnect = beginNetConn(pc.AfterNetConnect)
 	}
+	// A statement whose context ends is cancelled, and its connection
+	// kept (cancelpgx.go).
+	installPgxCancel(pc, cfg.cancelGrace)
 	// pgx's stdlib pings on the first reuse of every connection and after
 	// each second of idleness. warmpg's ResetSession decides instead.
 	return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa

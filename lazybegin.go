@@ -240,7 +240,10 @@ func (t *lazyTx) end(commit bool) error {
 		}
 		return nil
 	default:
-		if _, err := pc.Exec(t.ctx, "rollback"); err != nil {
+		rctx, done := c.rollbackCtx(t.ctx) // cancelpgx.go
+		_, err := pc.Exec(rctx, "rollback")
+		done()
+		if err != nil {
 			// As pgx: a failed rollback leaves the connection in an
 			// unknown state; close it at once.
 			ctx, cancel := context.WithCancel(context.Background())

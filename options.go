@@ -26,10 +26,9 @@ const (
 	// that refuses connections or is starting up, when
 	// pool_connect_retry_timeout is not set.
 	DefaultConnectRetryTimeout = 5 * time.Second
-	// DefaultCancelGrace is how long, on lib/pq, a statement whose context
-	// ended may still take to return after lib/pq's CancelRequest before
-	// warmpg's watchdog breaks the connection, when pool_cancel_grace is not
-	// set (see WithCancelGrace).
+	// DefaultCancelGrace is how long a statement whose context ended may
+	// still take to return after its CancelRequest before warmpg breaks the
+	// connection, when pool_cancel_grace is not set (see WithCancelGrace).
 	DefaultCancelGrace = time.Second
 	// DefaultWarmStatements is how many statements each new connection
 	// prepares ahead when pool_warm_statements is not set (see
@@ -623,18 +622,22 @@ func WithWarmTimeout(d time.Duration) Option {
 	return durationOption("pool_warm_timeout", bitWarmTimeout, d, true, func(c *config) *time.Duration { return &c.warmTimeout })
 }
 
-// WithCancelGrace sets, for pool_backend=pq, how long a statement whose
-// context ended may take to return before warmpg breaks its connection
-// (pool_cancel_grace; default DefaultCancelGrace, 1 s). When the context
-// ends, lib/pq sends the server a CancelRequest at once, and the server
-// fails the statement (57014) with its work undone; a hung server (frozen,
-// behind a black hole) never answers, so after the grace warmpg's watchdog
-// sets a past deadline on the socket: every statement through warmpg's
-// connection returns within its deadline plus the grace. 0 sets the
-// deadline when the context ends, before the CancelRequest can reach the
-// server: the statement returns at once, but the server may still finish
-// and commit its work. pgx ends a statement at its deadline itself and
-// ignores this setting.
+// WithCancelGrace sets how long a statement whose context ended may take to
+// return before warmpg breaks its connection (pool_cancel_grace; default
+// DefaultCancelGrace, 1 s). When the context ends, the server gets a
+// CancelRequest at once (lib/pq sends it; on pgx, the connectors warmpg
+// builds send it instead of pgx's cutting the socket), and fails the
+// statement (57014) with its work undone. On pgx warmpg then waits for the
+// server to close the cancel connection, so that the cancel cannot reach a
+// later statement, and keeps the connection: a timeout costs no reconnect.
+// A hung server (frozen, behind a black hole) never answers, so after the
+// grace warmpg sets a past deadline on the socket and the connection is
+// discarded: every statement returns within its deadline plus the grace. 0
+// sets the deadline when the context ends, before the CancelRequest can
+// reach the server (pgx's own behaviour): the statement returns at once,
+// the connection is closed, and on lib/pq the server may still finish and
+// commit its work. A pgx connector given to NewConnector keeps its own
+// context handling.
 func WithCancelGrace(d time.Duration) Option {
 	return durationOption("pool_cancel_grace", bitCancelGrace, d, false, func(c *config) *time.Duration { return &c.cancelGrace })
 }

@@ -519,6 +519,8 @@ func (c *conn) unusable() error {
 		return errBadConn("connection closed", nil)
 	case c.timedOut.Load():
 		return errBadConn("a statement's context ended while it ran", nil)
+	case c.cancelUnusable() != nil:
+		return c.cancelUnusable()
 	case c.expiredNow():
 		return errExpired
 	}

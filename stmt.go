@@ -151,7 +151,7 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 		}
 	}
 	err = s.c.afterLazy(err)
-	if err != nil || !s.c.armed() {
+	if err != nil || !s.c.watchRows(ctx) {
 		disarm()
 		return rows, s.c.ctxErr(ctx, err)
 	}

@@ -25,7 +25,9 @@ import (
 // handed out again (IsValid, ResetSession). So a deadline bounds every
 // statement by deadline + grace, and a statement the server can still
 // cancel is cancelled, not cut off while the server goes on to commit it.
-// pgx sets such a deadline itself and is left alone.
+// pgx ends a statement on its context itself; on the pgx connectors warmpg
+// builds, cancelpgx.go's handler does the same for pgx (a CancelRequest,
+// the same grace), and keeps the connection.
 //
 // The watchdog is disarmed when the statement is done: after Exec, Ping,
 // Prepare, BeginTx, Commit and Rollback return, and for a query when its
@@ -125,6 +127,13 @@ func (c *conn) armed() bool {
 	c.watchMu.Lock()
 	defer c.watchMu.Unlock()
 	return c.watchTok != 0
+}
+
+// watchRows reports whether a query's rows need wrapping: a watchdog is
+// armed, or pgx cancels the query when ctx ends (cancelpgx.go), so that its
+// rows report the 57014 as the context's error.
+func (c *conn) watchRows(ctx context.Context) bool {
+	return c.armed() || (ctx.Done() != nil && c.cancelOf() != nil)
 }
 
 func noop() {}
@@ -230,11 +239,16 @@ var (
 // back before the next user gets the connection (ResetSession), whatever
 // the inner driver; and on a connection with a watchdog, Commit and
 // Rollback are bounded by the transaction's context as statements are.
-// pgx's transactions are returned as they are: pgx reports the status and
-// ends its statements on the context itself.
+// pgx reports the status and ends its statements on the context itself:
+// its transactions are returned as they are, but for a Rollback after the
+// context ended on a connection warmpg cancels on (wrapPgxTx,
+// cancelpgx.go).
 func (c *conn) wrapTx(ctx context.Context, tx driver.Tx, err error) (driver.Tx, error) {
-	if err != nil || c.pgx != nil {
+	if err != nil {
 		return tx, err
+	}
+	if c.pgx != nil {
+		return c.wrapPgxTx(ctx, tx), nil
 	}
 	c.maybeTx = true
 	return &watchedTx{Tx: tx, c: c, ctx: ctx}, nil

@@ -3,7 +3,7 @@ module github.com/warmpg/warmpg/tools/pgxsuite
 go 1.25.0
 
 require (
-	github.com/jackc/pgx/v5 v5.12.0
+	github.com/jackc/pgx/v5 v5.13.0
 	github.com/stretchr/testify v1.11.1
 	github.com/warmpg/warmpg v0.0.0
 )
