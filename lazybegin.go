@@ -16,12 +16,14 @@ import (
 // in the same network write as its first statement (lazywire.go), so a
 // transaction costs one round trip less, and Commit or Rollback of one that
 // ran no statement sends nothing. The server takes a transaction's snapshot
-// at its first statement, not at BEGIN, so nothing a transaction can observe
-// changes. It works at the wire, under pgx: every way a statement reaches
-// the connection — Exec, Query, a prepared statement, Tx.Stmt, pgx itself
-// through (*sql.Conn).Raw — carries the BEGIN.
+// at its first statement, not at BEGIN, so what a transaction reads does not
+// change; its start time (now()) is its first statement's. It works at the
+// wire, under pgx: every way a statement reaches the connection — Exec,
+// Query, a prepared statement, Tx.Stmt, pgx itself through (*sql.Conn).Raw —
+// carries the BEGIN.
 //
 // What differs from BeginTx sending BEGIN:
+//   - the transaction's start time, now(), is its first statement's;
 //   - a connection that died while idle is found by the first statement,
 //     not by BeginTx, and database/sql cannot retry a statement inside a
 //     transaction (check mode finds most dead connections before; see

@@ -834,3 +834,40 @@ func TestLazyBeginSocketReachable(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLazyBeginTransactionTime pins what lazy BEGIN changes, and
+// docs/lazy-begin.md lists: the transaction's start time — now(),
+// transaction_timestamp(), pg_stat_activity.xact_start — is when its first
+// statement reaches the server, not when BeginTx returned (pgjdbc's lazy
+// BEGIN does the same). With 300 ms of application work between BeginTx and
+// the first statement, now() trails statement_timestamp() by those 300 ms
+// with eager BEGIN, and by nothing with lazy BEGIN.
+func TestLazyBeginTransactionTime(t *testing.T) {
+	srv := pgtest.Get(t)
+	ctx := ctxT(t, 30*time.Second)
+	const work = 300 * time.Millisecond
+	for _, m := range lazyModes {
+		t.Run(m.name, func(t *testing.T) {
+			db := lazyDB(t, srv.URL, m.param)
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			time.Sleep(work)
+			var lag time.Duration
+			var us int64
+			if err := tx.QueryRowContext(ctx, "select (extract(epoch from statement_timestamp() - now()) * 1e6)::int8").Scan(&us); err != nil {
+				t.Fatal(err)
+			}
+			lag = time.Duration(us) * time.Microsecond
+			switch {
+			case m.name == "eager" && lag < work*8/10:
+				t.Errorf("eager: now() trails the first statement by %v, want about %v (BeginTx's BEGIN)", lag, work)
+			case m.name == "lazy" && lag > work/3:
+				t.Errorf("lazy: now() trails the first statement by %v, want about 0 (the BEGIN went with it)", lag)
+			}
+			t.Logf("%s: statement_timestamp() - now() = %v", m.name, lag)
+		})
+	}
+}

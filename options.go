@@ -541,8 +541,9 @@ func WithAutocommit(on bool) Option {
 // first statement instead of on its own at BeginTx (pool_lazy_begin; default
 // true; pgx backend only): a transaction costs one round trip less, and one
 // that runs no statement sends nothing at all. The server takes a
-// transaction's snapshot at its first statement, not at BEGIN, so nothing a
-// transaction can observe changes. See docs/lazy-begin.md for what differs.
+// transaction's snapshot at its first statement, not at BEGIN, so what a
+// transaction reads does not change; its start time (now()) is its first
+// statement's. See docs/lazy-begin.md for what differs.
 func WithLazyBegin(on bool) Option {
 	return func(c *config) { c.lazyBegin = on; c.set |= bitLazyBegin }
 }
