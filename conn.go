@@ -305,7 +305,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	case driver.ExecerContext:
 		defer c.watch(ctx)()
 		res, err := e.ExecContext(ctx, query, args)
-		if err != nil && c.pgx != nil && c.mayResend(ctx, err, query, c.pgxExtended(args, true)) {
+		if err != nil && c.pgx != nil && isReplanErr(err) && c.mayResend(ctx, err, query, c.pgxExtended(args, true)) {
 			res, err = c.resendExec(ctx, e, query, args, err)
 		}
 		err = c.afterLazy(err)
@@ -342,7 +342,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	case driver.QueryerContext:
 		disarm := c.watch(ctx)
 		rows, err := q.QueryContext(ctx, query, args)
-		if err != nil && c.pgx != nil && c.mayResend(ctx, err, query, c.pgxExtended(args, false)) {
+		if err != nil && c.pgx != nil && isReplanErr(err) && c.mayResend(ctx, err, query, c.pgxExtended(args, false)) {
 			rows, err = c.resendQuery(ctx, q, query, args, err)
 		}
 		err = c.afterLazy(err)
