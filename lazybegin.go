@@ -194,7 +194,9 @@ func (c *conn) lazySyntax(ctx context.Context, query string, err error) error {
 		return err
 	}
 	pc := c.pgx.Conn()
+	c.bc.allow()
 	if _, berr := pc.Exec(ctx, t.begin); berr != nil {
+		_ = pc.Close(ctx)
 		return err
 	}
 	_, again := pc.Exec(ctx, query)
@@ -219,7 +221,7 @@ func (t *lazyTx) end(commit bool) error {
 	if c.lazy == t {
 		c.lazy = nil
 	}
-	out := c.bc.disarm()
+	out := c.bc.end()
 	pc := c.pgx.Conn()
 	switch {
 	case out == beginPending:

@@ -871,3 +871,55 @@ func TestLazyBeginTransactionTime(t *testing.T) {
 		})
 	}
 }
+
+// TestLazyBeginRawAfterFailedBegin: a BEGIN can fail on a live connection
+// (a hot standby refuses SERIALIZABLE). With BeginTx's own BEGIN, BeginTx
+// fails and nothing runs. With pool_lazy_begin the first statement's error
+// says so and warmpg sends nothing more under that transaction — and a
+// statement pgx itself sends through Raw, which warmpg's statement path
+// does not see, is refused at the wire: it would run outside the
+// transaction it was meant for.
+func TestLazyBeginRawAfterFailedBegin(t *testing.T) {
+	ctx := ctxT(t, 2*time.Minute)
+	_, standby := replicaPair(t, ctx)
+	db := lazyDB(t, standby.URL, "pool_lazy_begin=true")
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	if err := tx.QueryRowContext(ctx, "select $1::int", 1).Scan(&one); !errors.Is(err, warmpg.ErrLazyBeginFailed) {
+		t.Fatalf("first statement on a standby, SERIALIZABLE: %v, want ErrLazyBeginFailed", err)
+	}
+	for _, args := range [][]any{nil, {2}} {
+		rawErr := conn.Raw(func(dc any) error {
+			q := "select 2"
+			if args != nil {
+				q = "select $1::int"
+			}
+			var n int
+			return warmpg.Unwrap(dc).(*stdlib.Conn).Conn().QueryRow(ctx, q, args...).Scan(&n)
+		})
+		if rawErr == nil {
+			t.Fatalf("a statement through Raw (args %v) after the failed BEGIN ran, outside any transaction", args)
+		}
+		if args == nil && !strings.Contains(rawErr.Error(), "BEGIN failed") {
+			// (The second finds the connection closed: pgx closes it on
+			// the refused write.)
+			t.Errorf("through Raw after the failed BEGIN: %v, want warmpg's refusal", rawErr)
+		}
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	// The pool goes on: the refused connection is replaced.
+	if err := db.QueryRowContext(ctx, "select 1").Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,6 +3,7 @@ package warmpg
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -67,7 +68,18 @@ type beginConn struct {
 	// a BEGIN: it goes only in front of an extended-protocol write, and
 	// returns one row.
 	guard bool
+	// txOpen: a lazy transaction is open (from arm to end). While its
+	// BEGIN has failed, failed is set too: a statement written then
+	// would run outside the transaction, and is refused (Write).
+	txOpen bool
+	failed atomic.Bool
 }
+
+// errLazyTxNotBegun is what Write returns for a statement written, under
+// warmpg's own statement path (through Raw), in a pool_lazy_begin
+// transaction whose BEGIN failed: it would run outside the transaction.
+// pgx closes the connection on a write error; the transaction is gone.
+var errLazyTxNotBegun = errors.New("warmpg: pool_lazy_begin: this transaction's BEGIN failed; a statement sent now would run outside it, so it was not sent")
 
 // beginOutcome is what became of a lazy transaction's BEGIN.
 type beginOutcome int
@@ -107,12 +119,25 @@ func (b *beginConn) SyscallConn() (syscall.RawConn, error) {
 	return nil, fmt.Errorf("warmpg: %T under pool_lazy_begin's layer has no SyscallConn", b.Conn)
 }
 
-// arm makes the next write carry begin.
+// arm makes the next write carry begin, the BEGIN of a lazy transaction,
+// open until end.
 func (b *beginConn) arm(begin string) {
 	b.mu.Lock()
-	b.begin, b.outcome, b.guard = begin, beginPending, false
+	b.begin, b.outcome, b.guard, b.txOpen = begin, beginPending, false, true
+	b.failed.Store(false)
 	b.armed.Store(true)
 	b.mu.Unlock()
+}
+
+// end records that the lazy transaction ended (committed, rolled back, or
+// dropped at a reset), forgets a BEGIN not sent yet, and reports what
+// became of the last one armed.
+func (b *beginConn) end() beginOutcome {
+	b.mu.Lock()
+	b.txOpen = false
+	b.failed.Store(false)
+	b.mu.Unlock()
+	return b.disarm()
 }
 
 // armGuard makes the next extended-protocol write carry sql, a SELECT
@@ -150,8 +175,13 @@ func (b *beginConn) begunNow() {
 	b.mu.Lock()
 	b.begin, b.outcome = "", beginDone
 	b.armed.Store(false)
+	b.failed.Store(false)
 	b.mu.Unlock()
 }
+
+// allow lets statements through again after a failed BEGIN: warmpg sends
+// the BEGIN itself (lazySyntax).
+func (b *beginConn) allow() { b.failed.Store(false) }
 
 // state reports what became of the last BEGIN armed, and whether it went in
 // a simple Query's text.
@@ -162,6 +192,12 @@ func (b *beginConn) state() (beginOutcome, bool) {
 }
 
 func (b *beginConn) Write(p []byte) (int, error) {
+	if b.failed.Load() && len(p) > 0 {
+		switch p[0] {
+		case 'P', 'B', 'E', 'Q':
+			return 0, errLazyTxNotBegun
+		}
+	}
 	closes := len(p) > 0 && p[0] == 'C' && onlyCloses(p)
 	if !closes {
 		b.writes.Add(1)
@@ -364,6 +400,9 @@ func (b *beginConn) filter(p []byte) {
 				b.pass = body
 				b.strip = 0
 				b.outcome = beginFailed
+				if b.txOpen && !b.guard {
+					b.failed.Store(true)
+				}
 			}
 		}
 	}

@@ -92,7 +92,7 @@ func (c *conn) ResetSession(ctx context.Context) error {
 		// database/sql ends every transaction before the next use; this
 		// is only in case a BEGIN is still waiting.
 		c.lazy = nil
-		c.bc.disarm()
+		c.bc.end()
 	}
 	out, err := c.reset(ctx)
 	c.maybeTx, c.maybeSession = false, false
