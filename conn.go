@@ -57,6 +57,7 @@ type conn struct {
 	c     *Connector
 	pgx   *stdlib.Conn    // inner, when it is pgx's
 	raw   syscall.RawConn // the socket, for check mode's peek; nil if unknown
+	peekr *peeker         // peeks at raw (liveness_peek_*.go)
 	// params holds reportedParams' values at connect (pgx only).
 	params []string
 	// What the statements since the last reset may have done (see
@@ -132,6 +133,9 @@ func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
 	} else if nc != nil {
 		w.nc = nc
 		w.raw = rawConnOf(nc)
+	}
+	if w.raw != nil {
+		w.peekr = newPeeker(w.raw)
 	}
 	w.setLifetime(time.Now())
 	c.holds.add(w)

@@ -68,3 +68,37 @@ func TestPeerClosed(t *testing.T) {
 		t.Error("a closed socket not reported closed")
 	}
 }
+
+// The peek check mode makes at every reuse allocates nothing (issue 24:
+// it was four of the clean path's allocations over plain pgx), and answers
+// as peekSocket does: empty on an idle connection, pending once the peer
+// wrote, closed once it closed.
+func TestPeekerAllocatesNothing(t *testing.T) {
+	client, server := tcpPair(t)
+	rc := rawOf(t, client)
+	p := newPeeker(rc)
+	if got := p.peek(); got != peekEmpty {
+		t.Fatalf("idle: %v, want empty", got)
+	}
+	if runtime.GOOS == "linux" {
+		if n := testing.AllocsPerRun(1000, func() { p.peek() }); n != 0 {
+			t.Errorf("a peek allocates %v times, want 0", n)
+		}
+	}
+	if _, err := server.Write([]byte("N")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the byte to arrive", func() bool { return p.peek() == peekPending })
+	if got := peekSocket(rc); got != peekPending {
+		t.Fatalf("peekSocket: %v, peeker: pending", got)
+	}
+	server.Close()
+	buf := make([]byte, 1)
+	if _, err := client.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the close to arrive", func() bool { return p.peek() == peekClosed })
+	if got := peekSocket(rc); got != peekClosed {
+		t.Fatalf("peekSocket: %v, peeker: closed", got)
+	}
+}

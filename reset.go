@@ -554,7 +554,7 @@ func (c *conn) peek() peekState {
 		// to look at, and nothing to ask it on the clean path.
 		return peekEmpty
 	}
-	return peekSocket(c.raw)
+	return c.peekr.peek()
 }
 
 // rawConnOf returns the socket under a driver's net.Conn (under TLS too: the
