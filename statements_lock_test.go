@@ -127,7 +127,7 @@ func TestWarmStatementsNeverWaitOnALock(t *testing.T) {
 			for warmStats(t, db3).Connects < 2 && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
-			if n := warmStats(t, db3).Connects; n != 2 {
+			if n := warmStats(t, db3).Connects; n < 2 {
 				t.Errorf("keep-warm while %s is held: %d connects, want its 2 ready connections", mode, n)
 			}
 
