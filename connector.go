@@ -330,6 +330,11 @@ func (c *Connector) dialErr(ctx context.Context, err error) error {
 	if cerr == nil {
 		return err
 	}
+	if errors.Is(err, cerr) && transientConnectError(err) {
+		// dial's own: the context ended while it retried a refusal;
+		// both are said.
+		return err
+	}
 	// A deadline can also reach the dial as the socket's own: poll's "i/o
 	// timeout", which is not context.DeadlineExceeded.
 	var ne net.Error

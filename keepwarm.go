@@ -477,11 +477,20 @@ func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
 func (c *Connector) dial(ctx context.Context) (driver.Conn, error) {
 	deadline := time.Now().Add(c.cfg.connectRetry)
 	gap := connectBase
+	var refused error // the last transient failure, while retrying
 	for {
 		w, _, err := c.dialOnce(ctx)
+		if err != nil && refused != nil {
+			if cerr := ctxEnded(ctx); cerr != nil {
+				// The context ended during a retry's dial: say why it
+				// was retrying, too.
+				return nil, fmt.Errorf("%w (%w)", cerr, refused)
+			}
+		}
 		if err == nil || !transientConnectError(err) || ctx.Err() != nil {
 			return w, err
 		}
+		refused = err
 		sleep := gap/2 + rand.N(gap/2+1)
 		if time.Now().Add(sleep).After(deadline) {
 			return nil, err
@@ -496,6 +505,18 @@ func (c *Connector) dial(ctx context.Context) (driver.Conn, error) {
 		}
 		gap = min(2*gap, connectMaxGap)
 	}
+}
+
+// ctxEnded is ctx's error, or context.DeadlineExceeded once its deadline
+// has passed (a socket's deadline can fire before the context's timer).
+func ctxEnded(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 // transientConnectError reports whether a connect failed because the server
