@@ -118,10 +118,15 @@ func hasWordAt(s string, i int, w string) bool {
 
 // skipSpace returns the index of the first byte of s at or after i that is
 // not white space or a comment, or -1 if a block comment does not end.
-func skipSpace(s string, i int) int {
+func skipSpace(s string, i int) int { return skip(s, i, false) }
+
+// skip returns the index of the first byte of s from i on that is not
+// white space, a comment or (with parens) a '(', or -1 if a block comment
+// does not end.
+func skip(s string, i int, parens bool) int {
 	for i < len(s) {
 		switch c := s[i]; {
-		case isSpace(c):
+		case isSpace(c) || (parens && c == '('):
 			i++
 		case c == '-' && i+1 < len(s) && s[i+1] == '-':
 			nl := strings.IndexByte(s[i:], '\n')

@@ -88,31 +88,7 @@ func quietFirstWord(w string) bool {
 // skipSpaceAndComments returns the index of the first byte of sql that is
 // not white space, a comment or a '(' — or -1 if a block comment does not
 // end.
-func skipSpaceAndComments(sql string) int {
-	i := 0
-	for i < len(sql) {
-		switch c := sql[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '(':
-			i++
-		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
-			nl := strings.IndexByte(sql[i:], '\n')
-			if nl < 0 {
-				return len(sql)
-			}
-			i += nl + 1
-		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
-			l := lexer{s: sql, i: i}
-			l.skipBlockComment()
-			if l.open {
-				return -1
-			}
-			i = l.i
-		default:
-			return i
-		}
-	}
-	return i
-}
+func skipSpaceAndComments(sql string) int { return skip(sql, 0, true) }
 
 // hasPrefixFold reports whether s starts with the lower-case ASCII prefix,
 // in any case.
