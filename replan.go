@@ -59,16 +59,22 @@ func isReplanErr(err error) bool {
 // other driver, warmpg saw no transaction begin that has not ended
 // (maybeTx, conservative).
 func (c *conn) canResend(ctx context.Context, err error, query string, extended bool) bool {
-	if !isReplanErr(err) || ctx.Err() != nil || c.timedOut.Load() || !c.c.cfg.replan {
-		return false
-	}
-	if !extended || !resendable(query) {
+	if !c.replannable(ctx, err, query, extended) {
 		return false
 	}
 	if c.pgx != nil {
 		return c.pgx.Conn().PgConn().TxStatus() == 'I'
 	}
 	return !c.maybeTx
+}
+
+// replannable reports what canResend and restartTx both need: err is the
+// replan error, pool_replan is on, ctx has not ended, no watchdog fired,
+// and the statement, sent with the extended protocol, cannot have run
+// anything (resendable).
+func (c *conn) replannable(ctx context.Context, err error, query string, extended bool) bool {
+	return isReplanErr(err) && c.c.cfg.replan && ctx.Err() == nil && !c.timedOut.Load() &&
+		extended && resendable(query)
 }
 
 // mayResend reports whether a statement that failed with err may be sent
@@ -97,8 +103,7 @@ func (c *conn) mayResend(ctx context.Context, err error, query string, extended 
 // application holds gone: the connection is closed, so that nothing it
 // runs next runs outside a transaction.
 func (c *conn) restartTx(ctx context.Context, err error, query string, extended bool) bool {
-	if c.pgx == nil || c.bc == nil || !c.c.cfg.replan || !isReplanErr(err) || ctx.Err() != nil || c.timedOut.Load() ||
-		!extended || !resendable(query) {
+	if c.pgx == nil || c.bc == nil || !c.replannable(ctx, err, query, extended) {
 		return false
 	}
 	pc := c.pgx.Conn()
