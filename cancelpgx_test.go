@@ -156,7 +156,10 @@ func TestCancelPgxKeepsConnection(t *testing.T) {
 // answer is checked. Every follow-up must answer right, whether the
 // statement was cancelled, finished just before its deadline, or finished
 // while the cancel was on its way; directly and through a
-// transaction-mode PgBouncer (pool_pgbouncer=true), and over TLS.
+// transaction-mode PgBouncer (pool_pgbouncer=true; two client connections
+// over two server connections, so that a stray cancel could find the other
+// one's statement), and over TLS. A cancel that lands after the statement's
+// row was read fails it at Close: that too must be the context's error.
 func TestCancelPgxSweep(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := ctxT(t, 3*time.Minute)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 func TestWrapDeclaresNamedValueCheckerOnlyWhenInnerHasIt(t *testing.T) {
@@ -312,5 +313,36 @@ func TestWatchedRowsFallbacks(t *testing.T) {
 	r.Close()
 	if disarmed != 1 {
 		t.Errorf("disarmed %d times, want once", disarmed)
+	}
+}
+
+// closeErrRows fails its Close with err, as pgx's rows do when the server's
+// error comes after the last row.
+type closeErrRows struct {
+	fakeRows
+	err error
+}
+
+func (r *closeErrRows) Close() error { return r.err }
+
+// A cancel that reaches the statement after its last row was read fails it
+// at Close (TestCancelPgxSweep/pgbouncer saw it once in CI: the row
+// scanned, then 57014 from Row.Scan's Close). The error is the context's,
+// as at Next, so that errors.Is(err, context.DeadlineExceeded) holds as it
+// does with plain pgx; with a live context it is left as it is.
+func TestWatchedRowsCloseReportsContext(t *testing.T) {
+	cancelled := &pgconn.PgError{Severity: "ERROR", Code: "57014", Message: "canceling statement due to user request"}
+	ended, cancel := context.WithTimeout(context.Background(), 0)
+	defer cancel()
+	<-ended.Done()
+	r := &watchedRows{Rows: &closeErrRows{err: cancelled}, c: &conn{}, ctx: ended, disarm: func() {}}
+	err := r.Close()
+	var pe *pgconn.PgError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || pe.Code != "57014" {
+		t.Errorf("Close after the context ended: %v, want context.DeadlineExceeded wrapping the 57014", err)
+	}
+	r = &watchedRows{Rows: &closeErrRows{err: cancelled}, c: &conn{}, ctx: context.Background(), disarm: func() {}}
+	if err := r.Close(); err != cancelled { //nolint:errorlint // the very error, unwrapped
+		t.Errorf("Close with a live context: %v, want the server's error as it is", err)
 	}
 }

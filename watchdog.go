@@ -166,8 +166,11 @@ func (r *watchedRows) Next(dest []driver.Value) error {
 	return r.c.ctxErr(r.ctx, r.Rows.Next(dest))
 }
 
+// Close reports, like Next, an error the context's end caused as the
+// context's: a cancel that reaches the statement after its last row was
+// read fails it at Close (pgx reads the rest of the reply there).
 func (r *watchedRows) Close() error {
-	err := r.Rows.Close()
+	err := r.c.ctxErr(r.ctx, r.Rows.Close())
 	if !r.closed.Swap(true) {
 		r.disarm()
 	}
