@@ -7,8 +7,6 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/warmpg/warmpg/internal/sqltext"
 )
 
 // pool_autocommit: a transaction that cannot write, at default or
@@ -27,7 +25,7 @@ import (
 // is, the server refuses it).
 
 // autocommitTx is the transaction of pool_autocommit. It is its
-// connection's until Commit or Rollback (conn.ac), which database/sql calls
+// connection's until Commit or Rollback (connState.ac), which database/sql calls
 // with the connection locked, as it does every statement.
 type autocommitTx struct {
 	c *conn
@@ -47,7 +45,7 @@ func (c *conn) beginAutocommit(ctx context.Context, opts driver.TxOptions) (driv
 	}
 	c.c.stats.acTx.Add(1)
 	t := &autocommitTx{c: c, ctx: ctx, opts: opts}
-	c.ac = t
+	c.st.ac = t
 	return t, nil
 }
 
@@ -55,8 +53,8 @@ func (t *autocommitTx) Commit() error   { return t.end(true) }
 func (t *autocommitTx) Rollback() error { return t.end(false) }
 
 func (t *autocommitTx) end(commit bool) error {
-	if t.c.ac == t {
-		t.c.ac = nil
+	if t.c.st.ac == t {
+		t.c.st.endTx()
 	}
 	tx := t.tx
 	t.tx = nil
@@ -70,21 +68,8 @@ func (t *autocommitTx) end(commit bool) error {
 	}
 }
 
-// beforeStatement runs before a statement with text query on c: inside a
-// pool_autocommit transaction, one that is not a plain read first upgrades
-// the transaction to a real one.
-func (c *conn) beforeStatement(ctx context.Context, query string) error {
-	if err := c.beforeLazy(); err != nil {
-		return err
-	}
-	if t := c.ac; t != nil && t.tx == nil && !sqltext.Scan(query).PlainRead() {
-		return t.upgrade(ctx)
-	}
-	return nil
-}
-
 // upgrade begins the real read-only transaction, before a statement run
-// with ctx.
+// with ctx that is not a plain read (the statement step's enter).
 func (t *autocommitTx) upgrade(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/warmpg/warmpg/internal/sqltext"
 )
@@ -55,35 +56,26 @@ var (
 type conn struct {
 	inner driver.Conn
 	c     *Connector
-	pgx   *stdlib.Conn    // inner, when it is pgx's
-	raw   syscall.RawConn // the socket, for check mode's peek; nil if unknown
-	peekr *peeker         // peeks at raw (liveness_peek_*.go)
+	pgx   *stdlib.Conn // inner, when it is pgx's
+	// execMode is pgx's default_query_exec_mode for the connection, read
+	// at connect (pgx's Config() copies the whole configuration).
+	execMode pgx.QueryExecMode
+	raw      syscall.RawConn // the socket, for check mode's peek; nil if unknown
+	peekr    *peeker         // peeks at raw (liveness_peek_*.go)
 	// params holds reportedParams' values at connect (pgx only).
 	params []string
-	// What the statements since the last reset may have done (see
-	// noteStatement): opened a transaction (read for drivers that report
-	// no transaction status), changed the session, prepared a statement
-	// with SQL PREPARE.
-	maybeTx, maybeSession, maybePrepared bool
+	// st is the connection's transaction and session state (state.go),
+	// which the statement step (step.go) reads and updates.
+	st connState
 	// restoreSQL sets back, after a reset, what the inner connector's own
 	// setup changed in the session (see captureSession); "" for none.
 	restoreSQL string
 	// expiresAt is when this connection's own lifetime ends (zero: never).
 	expiresAt time.Time
-	// ac is the pool_autocommit transaction open on this connection, if any
-	// (autocommit.go).
-	ac *autocommitTx
-	// bc is the socket pool_lazy_begin's BEGIN goes through (lazywire.go),
-	// nil when the connection has none; lazy the pool_lazy_begin
-	// transaction open on this connection, if any (lazybegin.go).
-	bc   *beginConn
-	lazy *lazyTx
-	// freshBegin is the BEGIN of the last transaction BeginTx began on
-	// its own (pgx, pool_lazy_begin off), and freshWrites bc's count of
-	// writes right after it: while the transaction's first statement is
-	// the only write since, it ran nothing else (restartTx).
-	freshBegin  string
-	freshWrites uint64
+	// bc is the socket warmpg's wire layer sits on (lazywire.go: the
+	// pool_lazy_begin BEGIN, statement warming's guard), nil when the
+	// connection has none.
+	bc *beginConn
 
 	// The deadline watchdog (watchdog.go), for a non-pgx connection whose
 	// socket warmpg dialled: nc is that socket.
@@ -128,6 +120,7 @@ func wrapConn(inner driver.Conn, c *Connector, nc net.Conn) driver.Conn {
 		w.bc, _ = nc.(*beginConn)
 		w.raw = rawConnOf(nc)
 		w.snapshotParams()
+		w.execMode = w.pgx.Conn().Config().DefaultQueryExecMode
 		w.learns = c.hot != nil && w.warmCap() > 0
 		w.staleSeen = c.staleGen.Load()
 	} else if nc != nil {
@@ -237,8 +230,8 @@ func (c *conn) beginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		tx, err := bt.BeginTx(ctx, opts)
 		disarm()
 		if err == nil && c.bc != nil {
-			c.freshBegin, _ = beginSQL(opts, false)
-			c.freshWrites = c.bc.writes.Load()
+			c.st.freshBegin, _ = beginSQL(opts, false)
+			c.st.freshWrites = c.bc.writes.Load()
 		}
 		return c.wrapTx(ctx, tx, err)
 	}
@@ -273,13 +266,10 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	var st driver.Stmt
 	var err error
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
-		if err := c.beforeLazy(); err != nil {
-			return nil, err
-		}
-		disarm := c.watch(ctx)
-		st, err = p.PrepareContext(ctx, query)
-		disarm()
-		err = c.ctxErr(ctx, c.afterLazy(err))
+		t := stmtText{sql: query}
+		st, err = run(c, ctx, &t, wayPrepare, 0, true, func(ctx context.Context) (driver.Stmt, error) {
+			return p.PrepareContext(ctx, query)
+		}, nil)
 	} else {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -296,74 +286,69 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	return c.wrapStmt(st, query), nil
 }
 
-// ExecContext passes to the inner connection's ExecerContext or legacy
-// Execer, else returns driver.ErrSkip so database/sql prepares the statement.
+// ExecContext runs a statement through the step (step.go) in the inner
+// connection's ExecerContext, or its legacy Execer; without either it
+// returns driver.ErrSkip so database/sql prepares the statement.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	if err := c.beforeStatement(ctx, query); err != nil {
-		return nil, err
-	}
-	info := c.noteStatement(query)
-	c.learn(query, len(args))
-	c.noteStale(ctx)
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
-		defer c.watch(ctx)()
-		res, err := e.ExecContext(ctx, query, args)
-		if err != nil && c.pgx != nil && isReplanErr(err) && c.mayResend(ctx, err, query, c.pgxExtended(args, true)) {
-			res, err = c.resendExec(ctx, e, query, args, err)
+		t := readText(query)
+		extended, replan := len(args) > 0, (func(context.Context) error)(nil)
+		if c.pgx != nil {
+			// pgx drops the stale entry of its statement cache itself, and
+			// one prepared under the same name is prepared again; lib/pq
+			// runs it on the unnamed statement, prepared anew each time.
+			extended = c.pgxExtended(args, true)
+			replan = func(ctx context.Context) error { return c.repreparePgx(ctx, query) }
 		}
-		err = c.afterLazy(err)
-		if err != nil && c.lazy != nil && len(args) == 0 {
-			err = c.lazySyntax(ctx, query, err)
-		}
-		c.noteDone(info, err)
-		return res, c.ctxErr(ctx, err)
+		return run(c, ctx, &t, wayDirect, len(args), extended, func(ctx context.Context) (driver.Result, error) {
+			return e.ExecContext(ctx, query, args)
+		}, replan)
 	case driver.Execer: //nolint:staticcheck // legacy drivers
 		values, err := namedValuesToValues(args)
 		if err != nil {
 			return nil, err
 		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		res, err := e.Exec(query, values)
-		c.noteDone(info, err)
-		return res, err
+		t := readText(query)
+		return run(c, ctx, &t, wayDirect, len(args), true, func(ctx context.Context) (driver.Result, error) {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			return e.Exec(query, values)
+		}, nil)
 	}
 	return nil, driver.ErrSkip
 }
 
-// QueryContext passes to the inner connection's QueryerContext or legacy
-// Queryer, else returns driver.ErrSkip so database/sql prepares the statement.
+// QueryContext is ExecContext for a query: the inner connection's
+// QueryerContext or legacy Queryer, else driver.ErrSkip.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	if err := c.beforeStatement(ctx, query); err != nil {
-		return nil, err
-	}
-	c.noteStatement(query)
-	c.learn(query, len(args))
-	c.noteStale(ctx)
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
-		disarm := c.watch(ctx)
-		rows, err := q.QueryContext(ctx, query, args)
-		if err != nil && c.pgx != nil && isReplanErr(err) && c.mayResend(ctx, err, query, c.pgxExtended(args, false)) {
-			rows, err = c.resendQuery(ctx, q, query, args, err)
+		t := readText(query)
+		extended, replan := len(args) > 0, (func(context.Context) error)(nil)
+		if c.pgx != nil {
+			// pgx drops the stale entry of its statement cache itself, and
+			// one prepared under the same name is prepared again; lib/pq
+			// runs it on the unnamed statement, prepared anew each time.
+			extended = c.pgxExtended(args, false)
+			replan = func(ctx context.Context) error { return c.repreparePgx(ctx, query) }
 		}
-		err = c.afterLazy(err)
-		if err != nil || !c.watchRows(ctx) {
-			disarm()
-			return rows, c.ctxErr(ctx, err)
-		}
-		return &watchedRows{Rows: rows, c: c, ctx: ctx, disarm: disarm}, nil
+		return run(c, ctx, &t, wayDirect, len(args), extended, func(ctx context.Context) (driver.Rows, error) {
+			return q.QueryContext(ctx, query, args)
+		}, replan)
 	case driver.Queryer: //nolint:staticcheck // legacy drivers
 		values, err := namedValuesToValues(args)
 		if err != nil {
 			return nil, err
 		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		return q.Query(query, values)
+		t := readText(query)
+		return run(c, ctx, &t, wayDirect, len(args), true, func(ctx context.Context) (driver.Rows, error) {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			return q.Query(query, values)
+		}, nil)
 	}
 	return nil, driver.ErrSkip
 }
@@ -379,14 +364,19 @@ func namedValuesToValues(named []driver.NamedValue) ([]driver.Value, error) {
 	return values, nil
 }
 
-// Ping passes to the inner connection; without a Pinger it returns nil, as
-// database/sql does.
+// Ping passes to the inner connection, through the step's phase check
+// (a ping in a lazy transaction whose BEGIN failed would run outside it);
+// without a Pinger it returns nil, as database/sql does.
 func (c *conn) Ping(ctx context.Context) error {
-	if p, ok := c.inner.(driver.Pinger); ok {
-		defer c.watch(ctx)()
-		return p.Ping(ctx)
+	p, ok := c.inner.(driver.Pinger)
+	if !ok {
+		return nil
 	}
-	return nil
+	t := stmtText{}
+	_, err := run(c, ctx, &t, wayPing, 0, false, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, p.Ping(ctx)
+	}, nil)
+	return err
 }
 
 // clientStmt returns, on a pool_pgbouncer pool, a statement that is not

@@ -54,6 +54,22 @@
 // "warmpg" is the form to use. sqlx picks placeholders by driver name and
 // does not know "warmpg": use sqlx.NewDb(db, "pgx").
 //
+// # How a statement runs
+//
+// Every statement reaches the wrapped driver through one step (step.go),
+// whichever way it came — Exec, Query, a prepared statement (Tx.Stmt
+// included), Prepare, Ping: its text is read once (internal/sqltext); the
+// connection's one state (state.go: idle, autocommit, BEGIN pending, in a
+// transaction, failed; the session clean or dirty) decides whether it is
+// refused (a lazy transaction whose BEGIN failed) or first upgrades a
+// pool_autocommit transaction, and records what the text may change; the
+// driver runs it, with a lazy BEGIN in the same write (lazywire.go, which
+// also sees what pgx sends through (*sql.Conn).Raw); the replan error is
+// resent once when nothing can have run (replan.go); and the BEGIN's
+// outcome and the context's end are read back into the error.
+// ResetSession (reset.go) reads the state when the connection is reused.
+// A feature that acts on statements plugs in there.
+//
 // The repository's README has the settings table and the measured numbers;
 // its docs directory has each mode in detail.
 package warmpg

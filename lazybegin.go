@@ -39,7 +39,7 @@ import (
 // statement did not run, and the transaction did not begin.
 var ErrLazyBeginFailed = errors.New("warmpg: pool_lazy_begin: the transaction did not begin (its BEGIN went with this statement)")
 
-// lazyTx is a pool_lazy_begin transaction. It is its connection's (conn.lazy)
+// lazyTx is a pool_lazy_begin transaction. It is its connection's (connState.lazy)
 // until Commit or Rollback, which database/sql calls with the connection
 // locked, as it does every statement.
 type lazyTx struct {
@@ -74,7 +74,7 @@ func (c *conn) beginLazy(ctx context.Context, opts driver.TxOptions) (driver.Tx,
 	}
 	c.c.stats.lazyTx.Add(1)
 	t := &lazyTx{c: c, ctx: ctx, begin: begin}
-	c.lazy = t
+	c.st.lazy = t
 	c.bc.arm(begin)
 	return t, nil
 }
@@ -109,31 +109,13 @@ func abortedErr() error {
 		Message: "current transaction is aborted, commands ignored until end of transaction block"}
 }
 
-// beforeLazy refuses a statement in a lazy transaction that did not begin:
-// found by an earlier statement, or by one pgx ran through Raw (whose error
-// warmpg did not see), after which the BEGIN is no longer armed and this
-// statement would run outside any transaction.
-func (c *conn) beforeLazy() error {
-	t := c.lazy
-	if t == nil {
-		return nil
-	}
-	if !t.aborted {
-		if out, _ := c.bc.state(); out != beginFailed {
-			return nil
-		}
-		t.aborted = true
-	}
-	return abortedErr()
-}
-
 // afterLazy takes a statement's error in a lazy transaction: when the BEGIN
 // that went with it failed, the transaction is aborted and err says why.
 // When the BEGIN went in the text of this statement's simple Query, the
 // server counted the error's position from the start of "begin …;\n":
 // it is set back to the statement's own text.
 func (c *conn) afterLazy(err error) error {
-	t := c.lazy
+	t := c.st.lazy
 	if t == nil || t.aborted || err == nil {
 		return err
 	}
@@ -182,7 +164,7 @@ func (c *conn) lazyPosition(t *lazyTx, err error) {
 // ROLLBACK. Syntax is checked before anything runs, so the statement fails
 // again the same way. It returns err unchanged when it cannot do that.
 func (c *conn) lazySyntax(ctx context.Context, query string, err error) error {
-	t := c.lazy
+	t := c.st.lazy
 	var pe *pgconn.PgError
 	if t == nil || !t.aborted || !errors.As(err, &pe) || !strings.HasPrefix(pe.Code, "42") || ctx.Err() != nil {
 		return err
@@ -218,8 +200,8 @@ func (t *lazyTx) Rollback() error { return t.end(false) }
 // does; a transaction whose BEGIN was never sent sends nothing.
 func (t *lazyTx) end(commit bool) error {
 	c := t.c
-	if c.lazy == t {
-		c.lazy = nil
+	if c.st.lazy == t {
+		c.st.endTx()
 	}
 	out := c.bc.end()
 	pc := c.pgx.Conn()

@@ -54,37 +54,39 @@ func isReplanErr(err error) bool {
 
 // canResend reports whether a statement that failed with err on c, with
 // ctx, may be sent again: err is the replan error, ctx has not ended, the
-// statement cannot have run anything (resendable) and the connection is not
-// in a transaction — pgx says so (its status after the error: 'I'); for any
-// other driver, warmpg saw no transaction begin that has not ended
-// (maybeTx, conservative).
-func (c *conn) canResend(ctx context.Context, err error, query string, extended bool) bool {
-	if !c.replannable(ctx, err, query, extended) {
+// statement cannot have run anything (resendable) and the connection is in
+// no transaction: its phase (state.go) is idle, or pool_autocommit's
+// reads in autocommit — pgx's status after the error ('I'), for any other
+// driver no BEGIN seen that has not ended (connState.maybeTx,
+// conservative).
+func (c *conn) canResend(ctx context.Context, err error, t *stmtText, extended bool) bool {
+	if !c.replannable(ctx, err, t, extended) {
 		return false
 	}
-	if c.pgx != nil {
-		return c.pgx.Conn().PgConn().TxStatus() == 'I'
+	switch c.phase() {
+	case phaseIdle, phaseAutocommit:
+		return true
 	}
-	return !c.maybeTx
+	return false
 }
 
 // replannable reports what canResend and restartTx both need: err is the
 // replan error, pool_replan is on, ctx has not ended, no watchdog fired,
 // and the statement, sent with the extended protocol, cannot have run
 // anything (resendable).
-func (c *conn) replannable(ctx context.Context, err error, query string, extended bool) bool {
+func (c *conn) replannable(ctx context.Context, err error, t *stmtText, extended bool) bool {
 	return isReplanErr(err) && c.c.cfg.replan && ctx.Err() == nil && !c.timedOut.Load() &&
-		extended && resendable(query)
+		extended && resendable(t)
 }
 
 // mayResend reports whether a statement that failed with err may be sent
 // again: outside a transaction (canResend), or as the first statement of
 // one, which is then begun again (restartTx).
-func (c *conn) mayResend(ctx context.Context, err error, query string, extended bool) bool {
+func (c *conn) mayResend(ctx context.Context, err error, t *stmtText, extended bool) bool {
 	if c.pgx != nil && isReplanErr(err) {
-		c.c.markStale(query)
+		c.c.markStale(t.sql)
 	}
-	return c.canResend(ctx, err, query, extended) || c.restartTx(ctx, err, query, extended)
+	return c.canResend(ctx, err, t, extended) || c.restartTx(ctx, err, t, extended)
 }
 
 // restartTx takes a statement that failed with the replan error as the
@@ -102,8 +104,8 @@ func (c *conn) mayResend(ctx context.Context, err error, query string, extended 
 // A BEGIN that fails after the rollback leaves the transaction the
 // application holds gone: the connection is closed, so that nothing it
 // runs next runs outside a transaction.
-func (c *conn) restartTx(ctx context.Context, err error, query string, extended bool) bool {
-	if c.pgx == nil || c.bc == nil || !c.replannable(ctx, err, query, extended) {
+func (c *conn) restartTx(ctx context.Context, err error, st *stmtText, extended bool) bool {
+	if c.pgx == nil || c.bc == nil || !c.replannable(ctx, err, st, extended) {
 		return false
 	}
 	pc := c.pgx.Conn()
@@ -112,22 +114,22 @@ func (c *conn) restartTx(ctx context.Context, err error, query string, extended 
 	}
 	writes := c.bc.writes.Load()
 	var begin string
-	switch t := c.lazy; {
+	switch t := c.st.lazy; {
 	case t != nil:
 		out, at := c.bc.begun()
 		if t.aborted || out != beginDone || writes != at {
 			return false
 		}
 		begin = t.begin
-	case c.freshBegin != "" && writes == c.freshWrites+1:
-		begin = c.freshBegin
+	case c.st.freshBegin != "" && writes == c.st.freshWrites+1:
+		begin = c.st.freshBegin
 	default:
 		return false
 	}
 	if _, err := pc.Exec(ctx, "rollback"); err != nil {
 		return false
 	}
-	if c.lazy != nil {
+	if c.st.lazy != nil {
 		c.bc.arm(begin)
 		return true
 	}
@@ -135,7 +137,7 @@ func (c *conn) restartTx(ctx context.Context, err error, query string, extended 
 		_ = pc.Close(ctx)
 		return false
 	}
-	c.freshWrites = c.bc.writes.Load()
+	c.st.freshWrites = c.bc.writes.Load()
 	return true
 }
 
@@ -148,11 +150,11 @@ func (c *conn) restartTx(ctx context.Context, err error, query string, extended 
 // DO may commit inside before the statement that failed (a procedure's or
 // DO block's COMMIT), and EXECUTE runs a statement prepared with SQL
 // PREPARE, which warmpg cannot prepare again: none of them is resent.
-func resendable(query string) bool {
-	if sqltext.Scan(query).Statements != 1 {
+func resendable(t *stmtText) bool {
+	if t.scan().Statements != 1 {
 		return false
 	}
-	switch sqltext.Keyword(query) {
+	switch sqltext.Keyword(t.sql) {
 	case "call", "do", "execute":
 		return false
 	}
@@ -166,7 +168,7 @@ func resendable(query string) bool {
 // and, for Exec, the simple protocol whenever no argument is left. A
 // QueryRewriter other than pgx's named arguments may rewrite anything: no.
 func (c *conn) pgxExtended(args []driver.NamedValue, exec bool) bool {
-	mode := c.pgx.Conn().Config().DefaultQueryExecMode
+	mode := c.execMode
 	n := len(args)
 options:
 	for _, a := range args {
@@ -234,14 +236,14 @@ func (c *conn) trackPrepared(query string, n int) {
 func (s *stmt) replan(ctx context.Context) error {
 	c := s.c
 	if c.pgx != nil {
-		return c.repreparePgx(ctx, s.sql)
+		return c.repreparePgx(ctx, s.text.sql)
 	}
 	var st driver.Stmt
 	var err error
 	if p, ok := c.inner.(driver.ConnPrepareContext); ok {
-		st, err = p.PrepareContext(ctx, s.sql)
+		st, err = p.PrepareContext(ctx, s.text.sql)
 	} else {
-		st, err = c.inner.Prepare(s.sql)
+		st, err = c.inner.Prepare(s.text.sql)
 	}
 	if err != nil {
 		return err
@@ -250,25 +252,4 @@ func (s *stmt) replan(ctx context.Context) error {
 	s.Stmt = st
 	_ = old.Close()
 	return nil
-}
-
-// resendExec sends again, on a pgx connection, a statement run directly
-// that failed with the replan error first (canResend said it may).
-func (c *conn) resendExec(ctx context.Context, e driver.ExecerContext, query string, args []driver.NamedValue, first error) (driver.Result, error) {
-	if err := c.repreparePgx(ctx, query); err != nil {
-		return nil, errors.Join(first, err)
-	}
-	c.replanned(false)
-	return e.ExecContext(ctx, query, args)
-}
-
-// resendQuery is resendExec for a query: pgx's stdlib reads the first row
-// before QueryContext returns, so the error comes before any row reached
-// the caller.
-func (c *conn) resendQuery(ctx context.Context, q driver.QueryerContext, query string, args []driver.NamedValue, first error) (driver.Rows, error) {
-	if err := c.repreparePgx(ctx, query); err != nil {
-		return nil, errors.Join(first, err)
-	}
-	c.replanned(false)
-	return q.QueryContext(ctx, query, args)
 }

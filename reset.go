@@ -15,8 +15,6 @@ import (
 
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/lib/pq"
-
-	"github.com/warmpg/warmpg/internal/sqltext"
 )
 
 // What ResetSession does, per mode, when database/sql hands out a connection
@@ -30,7 +28,7 @@ import (
 //
 // In none and ping modes a driver that reports no transaction status
 // (lib/pq) gets a ROLLBACK instead when a statement it ran may have begun a
-// transaction (see noteStatement); pgx discards such a connection itself.
+// transaction (connState.maybeTx); pgx discards such a connection itself.
 // No mode hands the next user a transaction left open.
 //
 // An error that must discard the connection wraps driver.ErrBadConn: a
@@ -88,14 +86,14 @@ func (e *badConnError) Unwrap() []error {
 // warmpg's checks (its ping on first reuse and after a second idle is
 // turned off). The clean path of check sends nothing.
 func (c *conn) ResetSession(ctx context.Context) error {
-	if c.lazy != nil {
+	if c.st.lazy != nil {
 		// database/sql ends every transaction before the next use; this
 		// is only in case a BEGIN is still waiting.
-		c.lazy = nil
 		c.bc.end()
 	}
+	c.st.endTx()
 	out, err := c.reset(ctx)
-	c.maybeTx, c.maybeSession = false, false
+	c.st.maybeTx, c.st.maybeSession = false, false
 	// In check mode warmpg has just made the checks the pgx connector it
 	// built would repeat (closed, transaction status); every other mode
 	// keeps pgx's own, which discards a connection left in a transaction.
@@ -187,7 +185,7 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 		// transaction; for a driver that reports no transaction status
 		// (lib/pq), a statement that may have begun one gets a ROLLBACK,
 		// so that in no mode does the next user run inside it.
-		if c.pgx == nil && c.maybeTx {
+		if c.pgx == nil && c.st.maybeTx {
 			if err := c.exec(ctx, "ROLLBACK"); err != nil {
 				return outDiscarded, errBadConn("ROLLBACK of a transaction left open failed", err)
 			}
@@ -235,7 +233,7 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 //     and keep the connection (pgx would discard it and dial anew);
 //  3. the session: a reported setting of reportedParams changed, or a
 //     statement run since the last reset may have changed the session
-//     (noteStatement) → resetSession; in_hot_standby changed → see
+//     (connState, state.go) → resetSession; in_hot_standby changed → see
 //     checkServerRole.
 //
 // pgx reports transaction status and settings. lib/pq and other drivers
@@ -272,15 +270,15 @@ func (c *conn) check(ctx context.Context) (outcome, error) {
 		if err := c.exec(ctx, "ROLLBACK"); err != nil {
 			return outDiscarded, errBadConn("ROLLBACK of a transaction left open failed", err)
 		}
-		c.maybeTx = false
+		c.st.maybeTx = false
 		out = outRolledBack
 		c.c.cfg.logEscalation(out, "transaction left open")
 	}
-	if !c.maybeSession && !c.paramsChanged() {
+	if !c.st.dirty() && !c.paramsChanged() {
 		return out, nil
 	}
 	why := "a statement may have changed the session"
-	if !c.maybeSession {
+	if !c.st.dirty() {
 		// in_hot_standby is one of reportedParams: checkServerRole, which
 		// may take it out of the comparison, need only run when
 		// something changed.
@@ -317,14 +315,14 @@ const deallocSQL = "DO $warmpg$DECLARE s text; BEGIN " +
 // settle.
 func (c *conn) resetSession(ctx context.Context) error {
 	q := discardSQL
-	if c.maybePrepared {
+	if c.st.maybePrepared {
 		q += "; " + deallocSQL
 	}
 	q += c.restoreSQL
 	if err := c.exec(ctx, q); err != nil {
 		return errBadConn("session reset failed", err)
 	}
-	c.maybeSession, c.maybePrepared = false, false
+	c.st.maybeSession, c.st.maybePrepared = false, false
 	if err := c.checkServerRole(); err != nil {
 		return err
 	}
@@ -455,7 +453,7 @@ func (c *conn) maybeInTx() bool {
 	case 'T', 'E':
 		return true
 	case 0:
-		return c.maybeTx
+		return c.st.maybeTx
 	}
 	return false
 }
@@ -577,57 +575,6 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 		return nil
 	}
 	return rc
-}
-
-// notedEffects are what noteStatement records: a transaction begun or
-// ended, and every effect that outlives a transaction.
-const notedEffects = sqltext.Begin | sqltext.End | sqltext.SessionState
-
-// scanStatement reads what a statement's text may do to the session, with
-// sqltext.MayHave first: the single SELECT, INSERT, UPDATE or DELETE that
-// most statements are costs no Scan.
-func scanStatement(query string) sqltext.Info {
-	if !sqltext.MayHave(query, notedEffects) {
-		return sqltext.Info{}
-	}
-	return sqltext.Scan(query)
-}
-
-// noteStatement records what a statement about to run may do to the
-// session (see note) and returns it for noteDone.
-func (c *conn) noteStatement(query string) sqltext.Info {
-	info := scanStatement(query)
-	c.note(info)
-	return info
-}
-
-// note records, before a statement runs, what it may do: begin a
-// transaction (maybeTx: what ResetSession reads for a driver that does not
-// report transaction status) or change the session (maybeSession: check
-// mode resets it).
-func (c *conn) note(info sqltext.Info) {
-	if info.Effects&notedEffects == 0 {
-		return
-	}
-	if info.Has(sqltext.Begin) {
-		c.maybeTx = true
-	}
-	if info.Has(sqltext.SessionState) {
-		c.maybeSession = true
-	}
-	if info.Has(sqltext.Prepare) {
-		c.maybePrepared = true
-	}
-}
-
-// noteDone records, after a statement ran without error, that it ended the
-// transaction it, or one before it, began ("COMMIT"; "BEGIN; …; COMMIT").
-// After an error the transaction may still be open (in a failed state), and
-// maybeTx stays.
-func (c *conn) noteDone(info sqltext.Info, err error) {
-	if err == nil && info.Last == sqltext.End {
-		c.maybeTx = false
-	}
 }
 
 // pgxConn returns inner as a *stdlib.Conn, or nil.

@@ -97,7 +97,7 @@ func TestCheckReadsStatementsWhereDriverIsSilent(t *testing.T) {
 	}
 }
 
-// What noteStatement records for a statement's text: a transaction that
+// What connState notes for a statement's text: a transaction that
 // may be open, a session that may have changed.
 func TestNoteStatement(t *testing.T) {
 	for _, tc := range []struct {
@@ -125,25 +125,29 @@ func TestNoteStatement(t *testing.T) {
 		{sql: "PREPARE p AS SELECT 1", session: true, prep: true},
 		{sql: "select 1; set search_path = s1", session: true},
 	} {
-		c := &conn{}
-		info := c.noteStatement(tc.sql)
+		var c connState
+		text := readText(tc.sql)
+		c.note(text.info)
 		if c.maybeTx != tc.tx || c.maybeSession != tc.session || c.maybePrepared != tc.prep {
 			t.Errorf("%q: maybeTx %v maybeSession %v maybePrepared %v, want %v %v %v",
 				tc.sql, c.maybeTx, c.maybeSession, c.maybePrepared, tc.tx, tc.session, tc.prep)
 		}
-		c.noteDone(info, nil)
+		c.done(text.info, nil)
 		if c.maybeTx != tc.txAfterSuccessfulQ {
 			t.Errorf("%q: maybeTx %v after it succeeded, want %v", tc.sql, c.maybeTx, tc.txAfterSuccessfulQ)
 		}
 	}
 	// COMMIT ends a transaction only when it succeeds.
-	c := &conn{}
-	c.noteStatement("begin")
-	c.noteDone(c.noteStatement("commit"), errors.New("failed"))
+	var c connState
+	c.note(readText("begin").info)
+	commit := readText("commit")
+	c.note(commit.info)
+	c.done(commit.info, errors.New("failed"))
 	if !c.maybeTx {
 		t.Error("a COMMIT that failed ended the transaction")
 	}
-	c.noteDone(c.noteStatement("commit"), nil)
+	c.note(commit.info)
+	c.done(commit.info, nil)
 	if c.maybeTx {
 		t.Error("a COMMIT that succeeded left maybeTx")
 	}

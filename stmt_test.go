@@ -30,15 +30,19 @@ var errChecked = errors.New("checked by the connection")
 
 func (nvcConn) CheckNamedValue(*driver.NamedValue) error { return errChecked }
 
-// A statement is wrapped only when its text may change the session; the
-// wrapper declares ColumnConverter only when the inner statement has one,
-// asks the connection's NamedValueChecker when the statement has none (as
-// database/sql would), and marks the connection at each execution.
+// Every statement is wrapped, so that its executions take the statement
+// step; the wrapper declares ColumnConverter only when the inner statement
+// has one, asks the connection's NamedValueChecker when the statement has
+// none (as database/sql would), and marks the connection at each
+// execution with what its text may do — a plain read nothing.
 func TestWrapStmt(t *testing.T) {
 	c := &conn{c: &Connector{}}
 	plain := &bareStmt{}
-	if got := c.wrapStmt(plain, "select 1"); got != driver.Stmt(plain) {
-		t.Errorf("a plain read was wrapped: %T", got)
+	if _, err := c.wrapStmt(plain, "select 1").(driver.StmtExecContext).ExecContext(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if c.st.maybeTx || c.st.dirty() || plain.execs != 1 {
+		t.Errorf("an execution of a plain read: state %+v, inner executions %d", c.st, plain.execs)
 	}
 	w := c.wrapStmt(plain, "BEGIN")
 	if _, ok := w.(driver.ColumnConverter); ok { //nolint:staticcheck // the point of the test
@@ -50,8 +54,8 @@ func TestWrapStmt(t *testing.T) {
 	if _, err := w.(driver.StmtExecContext).ExecContext(context.Background(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if !c.maybeTx || plain.execs != 1 {
-		t.Errorf("an execution of BEGIN: maybeTx %v, inner executions %d", c.maybeTx, plain.execs)
+	if !c.st.maybeTx || plain.execs != 2 {
+		t.Errorf("an execution of BEGIN: maybeTx %v, inner executions %d", c.st.maybeTx, plain.execs)
 	}
 	if _, ok := c.wrapStmt(&ccStmt{}, "SET ROLE x").(driver.ColumnConverter); !ok { //nolint:staticcheck // the point of the test
 		t.Error("wrapper of a statement with ColumnConverter lost it")
@@ -61,7 +65,7 @@ func TestWrapStmt(t *testing.T) {
 	if err := w2.(driver.NamedValueChecker).CheckNamedValue(&driver.NamedValue{}); err != errChecked {
 		t.Errorf("CheckNamedValue: %v, want the connection's", err)
 	}
-	if _, err := w2.Exec(nil); err != nil || !c2.maybeSession { //nolint:staticcheck // the legacy method
-		t.Errorf("an execution of SET ROLE: %v, maybeSession %v", err, c2.maybeSession)
+	if _, err := w2.Exec(nil); err != nil || !c2.st.maybeSession { //nolint:staticcheck // the legacy method
+		t.Errorf("an execution of SET ROLE: %v, maybeSession %v", err, c2.st.maybeSession)
 	}
 }

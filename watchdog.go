@@ -253,7 +253,7 @@ func (c *conn) wrapTx(ctx context.Context, tx driver.Tx, err error) (driver.Tx, 
 	if c.pgx != nil {
 		return c.wrapPgxTx(ctx, tx), nil
 	}
-	c.maybeTx = true
+	c.st.maybeTx = true
 	return &watchedTx{Tx: tx, c: c, ctx: ctx}, nil
 }
 
@@ -271,7 +271,7 @@ func (t *watchedTx) Commit() error {
 	err = t.c.ctxErr(t.ctx, err)
 	disarm()
 	if err == nil {
-		t.c.maybeTx = false
+		t.c.st.maybeTx = false
 	}
 	return err
 }
@@ -282,7 +282,7 @@ func (t *watchedTx) Rollback() error {
 	err = t.c.ctxErr(t.ctx, err)
 	disarm()
 	if err == nil {
-		t.c.maybeTx = false
+		t.c.st.maybeTx = false
 	}
 	return err
 }
