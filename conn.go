@@ -64,6 +64,11 @@ type conn struct {
 	peekr    *peeker         // peeks at raw (liveness_peek_*.go)
 	// params holds reportedParams' values at connect (pgx only).
 	params []string
+	// roleLost: the server this connection was made to, a writer, became
+	// read-only (writer.go); roleCheck: a write was refused (25006) on a
+	// driver that reports no settings, and the next reuse asks the server.
+	roleLost  atomic.Bool
+	roleCheck bool
 	// st is the connection's transaction and session state (state.go),
 	// which the statement step (step.go) reads and updates.
 	st connState

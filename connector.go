@@ -45,6 +45,8 @@ type Connector struct {
 	ownInner bool
 
 	warmState // statement warming (statements.go)
+
+	writer writerWatch // after a writer's demotion (writer.go)
 }
 
 // OpenConnector parses dsn (a postgres://, postgresql:// or warmpg:// URL, or
@@ -80,6 +82,7 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 		// lib/pq would end the password there and read the rest as keys.
 		return nil, errors.New(`warmpg: malformed DSN: with pool_backend=pq an unquoted password cannot hold a non-ASCII space (quote it: password='...')`)
 	}
+	cfg.self = &connectorRef{}
 	ic, tsa, err := backendConnector(&cfg, d.inner)
 	if err != nil {
 		return nil, d.backendError(cfg.backend, err, func(s string) error {
@@ -93,6 +96,7 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 	c := newConnector(ic, cfg)
 	c.ownPgx = cfg.backend == BackendPgx
 	c.ownInner = true
+	cfg.self.Store(c)
 	return c, nil
 }
 
@@ -184,6 +188,11 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 // applied, and the target_session_attrs pc asks for.
 func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 	tsa := pgxTargetSessionAttrs(pc.ValidateConnect)
+	if cfg.self != nil {
+		// After a writer's demotion, a reader is refused and pgx goes on
+		// to the next host (writer.go).
+		pc.ValidateConnect = validateWriter(cfg.self.Load, pc.ValidateConnect)
+	}
 	if cfg.readOnly {
 		pc.RuntimeParams["default_transaction_read_only"] = "on"
 	}

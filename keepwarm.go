@@ -91,6 +91,9 @@ const (
 	backoffMax    = 5 * time.Second
 	connectBase   = 50 * time.Millisecond // Connect's own retry backoff
 	connectMaxGap = time.Second
+	// readOnlyMaxGap bounds Connect's retry while it looks for a writer
+	// after a demotion (writer.go).
+	readOnlyMaxGap = 200 * time.Millisecond
 )
 
 // startReady starts the background filler when prewarm or keep-warm asks
@@ -460,12 +463,17 @@ func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
 	}
 	c.stats.connects.Add(1)
 	w := wrapConn(ic, c, slot.nc)
+	// (w.Close, not ic.Close, on the way out: wrapConn registered w.)
+	if err := c.checkNewWriter(ctx, baseConn(w)); err != nil {
+		w.Close()
+		return nil, nil, err
+	}
 	if err := baseConn(w).captureSession(ctx); err != nil {
-		ic.Close()
+		w.Close()
 		return nil, nil, err
 	}
 	if err := c.warmStatements(ctx, baseConn(w)); err != nil {
-		ic.Close()
+		w.Close()
 		return nil, nil, err
 	}
 	return w, baseConn(w), nil
@@ -487,12 +495,25 @@ func (c *Connector) dial(ctx context.Context) (driver.Conn, error) {
 				return nil, fmt.Errorf("%w (%w)", cerr, refused)
 			}
 		}
-		if err == nil || !transientConnectError(err) || ctx.Err() != nil {
+		readOnly := errors.Is(err, errServerReadOnly)
+		if err == nil || !(readOnly || transientConnectError(err)) || ctx.Err() != nil {
 			return w, err
 		}
 		refused = err
+		if readOnly {
+			// A demoted writer's pool looks for a writer (writer.go):
+			// often, since a writer that answers again should be found
+			// at once.
+			gap = min(gap, readOnlyMaxGap)
+		}
 		sleep := gap/2 + rand.N(gap/2+1)
 		if time.Now().Add(sleep).After(deadline) {
+			if readOnly {
+				// No writer within pool_connect_retry_timeout: a
+				// reader, as the wrapped driver would have given at once.
+				w, _, err = c.dialOnce(context.WithValue(ctx, acceptReaderKey{}, true))
+				return w, err
+			}
 			return nil, err
 		}
 		c.cfg.logEvent(slog.LevelDebug, "warmpg: connect failed; retrying", "error", err, "wait", sleep)

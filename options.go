@@ -103,6 +103,9 @@ type config struct {
 	// (standby, prefer-standby; read-only without pool_read_only), so a
 	// connection whose server was promoted no longer matches it.
 	standbyOnly bool
+	// self is the Connector this config is built for, for hooks the inner
+	// connector calls (writer.go); nil for a foreign inner connector.
+	self *connectorRef
 	logger      *slog.Logger
 	logLevel    slog.Level // events below it are not logged; LogOff: none
 	// leakThreshold: pool_leak_threshold (0: off); exhaustedInterval:

@@ -179,6 +179,13 @@ func (c *conn) reset(ctx context.Context) (outcome, error) {
 	if err := c.unusable(); err != nil {
 		return outDiscarded, err
 	}
+	// A writer pool's connection whose server became read-only (writer.go).
+	if err := c.checkDemoted(); err != nil {
+		return outDiscarded, err
+	}
+	if err := c.recheckRole(ctx); err != nil {
+		return outDiscarded, err
+	}
 	switch c.c.cfg.reset {
 	case ResetNone, ResetPing:
 		// pgx's own ResetSession discards a connection left in a
@@ -521,6 +528,8 @@ func (c *conn) unusable() error {
 		return c.cancelUnusable()
 	case c.expiredNow():
 		return errExpired
+	case c.roleLost.Load():
+		return errBadConn("the server became read-only (writer demoted)", nil)
 	}
 	return nil
 }

@@ -122,6 +122,9 @@ func (c *conn) leave(ctx context.Context, t *stmtText, err error, simple bool) e
 		}
 	}
 	c.st.done(t.info, err)
+	if err != nil && isReadOnlyErr(err) {
+		c.noteWriteRefused() // a writer demoted? (writer.go)
+	}
 	return c.ctxErr(ctx, err)
 }
 
