@@ -105,9 +105,9 @@ type config struct {
 	standbyOnly bool
 	// self is the Connector this config is built for, for hooks the inner
 	// connector calls (writer.go); nil for a foreign inner connector.
-	self *connectorRef
-	logger      *slog.Logger
-	logLevel    slog.Level // events below it are not logged; LogOff: none
+	self     *connectorRef
+	logger   *slog.Logger
+	logLevel slog.Level // events below it are not logged; LogOff: none
 	// leakThreshold: pool_leak_threshold (0: off); exhaustedInterval:
 	// pool_exhausted_log_interval (0: off). See leak.go.
 	leakThreshold     time.Duration

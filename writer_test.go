@@ -18,8 +18,8 @@ import (
 
 // demotionRun is what a demotion did to a pool's writes.
 type demotionRun struct {
-	ok, failed int           // writes during the run
-	readOnly   int           // of the failed: 25006
+	ok, failed int // writes during the run
+	readOnly   int // of the failed: 25006
 	// okReadOnly: writes that succeeded while the server was read-only
 	// (from 100 ms after the reload to the writer's return).
 	okReadOnly int
