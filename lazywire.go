@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -21,21 +22,32 @@ import (
 //
 //   - an extended-protocol write (Parse, Bind, Describe, Close, Execute,
 //     Flush or Sync first: every query with arguments, every prepared
-//     statement, every batch) gets Parse/Bind/Execute of the BEGIN in front
-//     of it, with no Sync in between. Should the BEGIN fail, the server
-//     skips everything up to pgx's own Sync: the statement does not run
-//     outside the transaction it was meant for.
+//     statement, every batch) gets the BEGIN in front of it, with no Sync in
+//     between: Close, Parse, Bind, Execute and Close again of warmpg's own
+//     statement warmpg_begin (appendBegin), so that the unnamed statement,
+//     which pgx may have prepared before, survives it. Should the BEGIN
+//     fail, the server skips everything up to pgx's own Sync: the statement
+//     does not run outside the transaction it was meant for.
 //   - a simple Query (a statement without arguments, pgx's simple protocol)
 //     has "begin …;" put before its text: the server runs a query string's
 //     statements in order and stops at the first error, and rejects the whole
 //     string, BEGIN included, if any of it does not parse.
 //
-// The server's replies to the BEGIN (ParseComplete, BindComplete and
-// CommandComplete; CommandComplete alone for a simple Query) are taken out
-// of what pgx reads, so pgx sees exactly the replies to what it sent. An
-// ErrorResponse in their place means the transaction did not begin; it is
-// passed on, as the reply to pgx's statement. Notices, parameter statuses
-// and notifications pass at any time.
+// The server's replies to the BEGIN (CloseComplete, ParseComplete,
+// BindComplete, CommandComplete and CloseComplete; CommandComplete alone for
+// a simple Query) are taken out of what pgx reads, so pgx sees exactly the
+// replies to what it sent. An ErrorResponse in their place means the
+// transaction did not begin; it is passed on, as the reply to pgx's
+// statement. Notices, parameter statuses and notifications pass at any time.
+//
+// The server skips only up to the first Sync (or the end of a simple
+// Query) after a failed BEGIN. A statement written after one, before the
+// BEGIN's replies were read — a pgx pipeline's second segment, through Raw —
+// would run outside the transaction should the BEGIN have failed: Write
+// holds it back until the reply filter knows (await), then sends it, or
+// refuses it as it refuses every statement after a failed BEGIN. It reads
+// nothing itself: pgx starts its background reader when a write blocks
+// (15 ms), and that reader's reads through Read resolve the outcome.
 type beginConn struct {
 	net.Conn
 
@@ -69,11 +81,40 @@ type beginConn struct {
 	// returns one row.
 	guard bool
 	// txOpen: a lazy transaction is open (from arm to end). While its
-	// BEGIN has failed, failed is set too: a statement written then
-	// would run outside the transaction, and is refused (Write).
+	// BEGIN has failed, gate has gateFailed: a statement written then
+	// would run outside the transaction, and is refused (Write). While
+	// its BEGIN is sent and its outcome unknown, gate has gateWatch:
+	// writes are looked at for a statement after a Sync (writeWatched).
 	txOpen bool
-	failed atomic.Bool
+	gate   atomic.Uint32
+
+	// While gateWatch is set (all under mu): synced, a Sync or a simple
+	// Query went since the BEGIN, in the write that carried it or
+	// after; reading, Reads in progress on the filtering path, and
+	// reads, how many ended; readErr, what one returned while the
+	// outcome was unknown; closed, Close was called; wake, closed (and
+	// set to nil) to wake a write waiting in await.
+	synced  bool
+	reading int
+	reads   uint64
+	readErr error
+	closed  bool
+	wake    chan struct{}
 }
+
+// gate's bits.
+const (
+	gateFailed = 1 << iota // the open lazy transaction's BEGIN failed
+	gateWatch              // its BEGIN is sent; its outcome is unknown
+)
+
+// awaitNoRead is how long a write waiting for the BEGIN's outcome waits
+// with no read in progress before it gives up (errLazyNoReader).
+var awaitNoRead = time.Second
+
+// errLazyNoReader is what Write returns for a statement that had to wait
+// for the BEGIN's outcome when nothing reads the connection.
+var errLazyNoReader = errors.New("warmpg: pool_lazy_begin: a statement written after a Sync must wait for the reply to its transaction's BEGIN (should the BEGIN have failed, it would run outside the transaction), and nothing read the connection; it was not sent")
 
 // errLazyTxNotBegun is what Write returns for a statement written, under
 // warmpg's own statement path (through Raw), in a pool_lazy_begin
@@ -124,7 +165,7 @@ func (b *beginConn) SyscallConn() (syscall.RawConn, error) {
 func (b *beginConn) arm(begin string) {
 	b.mu.Lock()
 	b.begin, b.outcome, b.guard, b.txOpen = begin, beginPending, false, true
-	b.failed.Store(false)
+	b.gate.Store(0)
 	b.armed.Store(true)
 	b.mu.Unlock()
 }
@@ -135,13 +176,15 @@ func (b *beginConn) arm(begin string) {
 func (b *beginConn) end() beginOutcome {
 	b.mu.Lock()
 	b.txOpen = false
-	b.failed.Store(false)
+	b.gate.Store(0)
+	b.signal()
 	b.mu.Unlock()
 	return b.disarm()
 }
 
 // armGuard makes the next extended-protocol write carry sql, a SELECT
-// that returns one row, run on the unnamed statement ahead of that
+// that returns one row, run on the unnamed statement (appendUnnamed; at
+// connect, where pgx has prepared nothing yet) ahead of that
 // write's messages in the same implicit transaction (statement warming's
 // timeouts, statements.go). A simple Query disarms it and goes as it is.
 func (b *beginConn) armGuard(sql string) {
@@ -175,13 +218,14 @@ func (b *beginConn) begunNow() {
 	b.mu.Lock()
 	b.begin, b.outcome = "", beginDone
 	b.armed.Store(false)
-	b.failed.Store(false)
+	b.gate.Store(0)
+	b.signal()
 	b.mu.Unlock()
 }
 
 // allow lets statements through again after a failed BEGIN: warmpg sends
 // the BEGIN itself (lazySyntax).
-func (b *beginConn) allow() { b.failed.Store(false) }
+func (b *beginConn) allow() { b.gate.And(^uint32(gateFailed)) }
 
 // state reports what became of the last BEGIN armed, and whether it went in
 // a simple Query's text.
@@ -192,9 +236,9 @@ func (b *beginConn) state() (beginOutcome, bool) {
 }
 
 func (b *beginConn) Write(p []byte) (int, error) {
-	if b.failed.Load() && len(p) > 0 {
-		switch p[0] {
-		case 'P', 'B', 'E', 'Q':
+	g := b.gate.Load()
+	if g&gateFailed != 0 {
+		if at, _ := statementAfterSync(p, true); at >= 0 {
 			return 0, errLazyTxNotBegun
 		}
 	}
@@ -203,18 +247,24 @@ func (b *beginConn) Write(p []byte) (int, error) {
 		b.writes.Add(1)
 	}
 	if !b.armed.Load() || len(p) < 5 {
+		if g&gateWatch != 0 {
+			return b.writeWatched(p)
+		}
 		return b.Conn.Write(p)
 	}
 	b.mu.Lock()
 	var buf []byte
 	switch p[0] {
 	case 'P', 'B', 'D', 'C', 'E', 'H', 'S':
-		buf = appendBegin(make([]byte, 0, len(b.begin)+32+len(p)), b.begin)
-		buf = append(buf, p...)
-		b.strip, b.simple = 3, false
 		if b.guard {
+			buf = appendUnnamed(make([]byte, 0, len(b.begin)+32+len(p)), b.begin)
 			b.strip = 4 // ParseComplete, BindComplete, DataRow, CommandComplete
+		} else {
+			buf = appendBegin(make([]byte, 0, len(b.begin)+96+len(p)), b.begin)
+			b.strip = 5 // CloseComplete, ParseComplete, BindComplete, CommandComplete, CloseComplete
 		}
+		buf = append(buf, p...)
+		b.simple = false
 	case 'Q':
 		if b.guard {
 			b.begin = ""
@@ -244,20 +294,166 @@ func (b *beginConn) Write(p []byte) (int, error) {
 		b.beginAt++
 	}
 	b.nhdr, b.drop, b.pass = 0, 0, 0
+	at := -1
+	if b.txOpen && !b.guard {
+		// The messages of p sit after the BEGIN's in buf, shifted by
+		// what it adds (in front, or in the first Query's text).
+		at, b.synced = statementAfterSync(p, false)
+		b.readErr = nil
+		b.gate.Or(gateWatch)
+	}
 	b.filtering.Store(true)
 	b.mu.Unlock()
+	return b.send(buf, len(buf)-len(p), at)
+}
 
-	n, err := b.Conn.Write(buf)
+// writeWatched writes p while the open lazy transaction's BEGIN is sent
+// and its outcome unknown (gateWatch): a statement in p that follows a
+// Sync since the BEGIN waits for the outcome (send).
+func (b *beginConn) writeWatched(p []byte) (int, error) {
+	b.mu.Lock()
+	watched := b.txOpen && !b.guard
+	switch {
+	case watched && b.outcome == beginFailed:
+		// Failed since Write looked at gate.
+		b.mu.Unlock()
+		if at, _ := statementAfterSync(p, true); at >= 0 {
+			return 0, errLazyTxNotBegun
+		}
+		return b.Conn.Write(p)
+	case !watched || b.outcome != beginSent:
+		b.gate.And(^uint32(gateWatch))
+		b.mu.Unlock()
+		return b.Conn.Write(p)
+	}
+	at, synced := statementAfterSync(p, b.synced)
+	b.synced = synced
+	b.mu.Unlock()
+	if at < 0 {
+		return b.Conn.Write(p)
+	}
+	return b.send(p, 0, at)
+}
+
+// send writes buf, extra bytes of warmpg's followed by (or spread into the
+// first message of) pgx's p, and reports how much of p went. When at >= 0,
+// p's message at offset at is a statement after a Sync since the BEGIN: the
+// part before it goes first, and the rest once the BEGIN is known to have
+// begun the transaction (await); if it did not, the rest is refused.
+func (b *beginConn) send(buf []byte, extra, at int) (int, error) {
+	np := len(buf) - extra
+	cut := len(buf)
+	if at >= 0 {
+		cut = extra + at
+	}
+	var n int
+	var err error
+	if cut > 0 {
+		n, err = b.Conn.Write(buf[:cut])
+	}
+	if err == nil && n == cut && cut < len(buf) {
+		if err = b.await(); err != nil {
+			return at, err // at < np: pgx sees a short write
+		}
+		var m int
+		m, err = b.Conn.Write(buf[cut:])
+		n += m
+	}
 	switch {
 	case n == len(buf):
-		return len(p), err
+		return np, err
 	case n == 0:
 		return 0, err
 	default:
 		// Part of it went: not safe to send again (pgx's safeToRetry
 		// is n == 0), and not all of p.
-		return min(max(n-(len(buf)-len(p)), 1), len(p)-1), err
+		return min(max(n-extra, 1), np-1), err
 	}
+}
+
+// await waits until the reply filter knows what became of the BEGIN sent:
+// nil when it began the transaction, errLazyTxNotBegun when it failed. It
+// reads nothing: it waits for reads (pgx's background reader) to resolve
+// it, and gives up when no read is in progress for awaitNoRead, when a read
+// failed, or when the connection is closed.
+func (b *beginConn) await() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	reads, active := b.reads, time.Now()
+	for b.outcome == beginSent && b.txOpen && !b.guard {
+		switch {
+		case b.readErr != nil:
+			return fmt.Errorf("warmpg: pool_lazy_begin: reading the reply to the transaction's BEGIN, which a statement written after a Sync waits for: %w", b.readErr)
+		case b.closed:
+			return net.ErrClosed
+		}
+		if b.reading > 0 || b.reads != reads {
+			reads, active = b.reads, time.Now()
+		}
+		left := awaitNoRead - time.Since(active)
+		if left <= 0 {
+			return errLazyNoReader
+		}
+		if b.wake == nil {
+			b.wake = make(chan struct{})
+		}
+		wake := b.wake
+		b.mu.Unlock()
+		t := time.NewTimer(left)
+		select {
+		case <-wake:
+		case <-t.C:
+		}
+		t.Stop()
+		b.mu.Lock()
+	}
+	if b.outcome == beginFailed && b.txOpen && !b.guard {
+		return errLazyTxNotBegun
+	}
+	return nil
+}
+
+// signal wakes a write waiting in await (under mu).
+func (b *beginConn) signal() {
+	if b.wake != nil {
+		close(b.wake)
+		b.wake = nil
+	}
+}
+
+// Close closes the connection, and wakes a write waiting in await.
+func (b *beginConn) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.signal()
+	b.mu.Unlock()
+	return b.Conn.Close()
+}
+
+// statementAfterSync returns the offset in p of the first message that
+// runs a statement (Parse, Bind, Execute, a simple Query) after a Sync or
+// a simple Query — one in p, or one before p if synced — or -1; and
+// whether a Sync or a simple Query went by the end of p. pgx writes whole
+// messages; should p not parse as such, the rest of it is not looked at.
+func statementAfterSync(p []byte, synced bool) (int, bool) {
+	for off := 0; off+5 <= len(p); {
+		typ := p[off]
+		n := int(binary.BigEndian.Uint32(p[off+1:off+5])) + 1
+		if n < 5 || n > len(p)-off {
+			break
+		}
+		switch typ {
+		case 'P', 'B', 'E', 'Q':
+			if synced {
+				return off, true
+			}
+		}
+		if typ == 'S' || typ == 'Q' {
+			synced = true
+		}
+		off += n
+	}
+	return -1, synced
 }
 
 // onlyCloses reports whether p holds nothing but Close, Flush and Sync
@@ -282,24 +478,70 @@ func onlyCloses(p []byte) bool {
 	return true
 }
 
-// appendBegin appends the extended-protocol messages that run begin on the
-// unnamed statement and portal, without a Sync.
+// beginStmt is the name of the statement appendBegin runs the BEGIN on.
+const beginStmt = "warmpg_begin"
+
+// appendBegin appends the extended-protocol messages that run begin on
+// warmpg's own statement beginStmt and the unnamed portal, without a Sync:
+// Close of the statement, Parse, Bind, Execute, and Close again. Not the
+// unnamed statement: pgx (through Raw) may have prepared it before the
+// transaction, to run after the BEGIN. The leading Close is for a BEGIN
+// that failed before: the server then skipped its trailing Close, and
+// beginStmt is still there. Closing a statement that does not exist is no
+// error. The server replies CloseComplete, ParseComplete, BindComplete,
+// CommandComplete and CloseComplete.
 func appendBegin(dst []byte, begin string) []byte {
-	// Parse: name "", query, no parameter types.
+	dst = appendCloseStmt(dst, beginStmt)
+	// Parse: name, query, no parameter types.
 	dst = append(dst, 'P')
-	dst = binary.BigEndian.AppendUint32(dst, uint32(4+1+len(begin)+1+2))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+len(beginStmt)+1+len(begin)+1+2))
+	dst = append(dst, beginStmt...)
 	dst = append(dst, 0)
 	dst = append(dst, begin...)
+	dst = append(dst, 0, 0, 0)
+	// Bind: portal "", the statement, no parameter formats, no
+	// parameters, no result formats.
+	dst = append(dst, 'B')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+1+len(beginStmt)+1+2+2+2))
+	dst = append(dst, 0)
+	dst = append(dst, beginStmt...)
+	dst = append(dst, 0, 0, 0, 0, 0, 0, 0)
+	dst = appendExecute(dst)
+	return appendCloseStmt(dst, beginStmt)
+}
+
+// appendUnnamed appends the extended-protocol messages that run sql on the
+// unnamed statement and portal, without a Sync: Parse, Bind, Execute
+// (statement warming's guard, at connect).
+func appendUnnamed(dst []byte, sql string) []byte {
+	// Parse: name "", query, no parameter types.
+	dst = append(dst, 'P')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+1+len(sql)+1+2))
+	dst = append(dst, 0)
+	dst = append(dst, sql...)
 	dst = append(dst, 0, 0, 0)
 	// Bind: portal "", statement "", no parameter formats, no
 	// parameters, no result formats.
 	dst = append(dst, 'B')
 	dst = binary.BigEndian.AppendUint32(dst, 4+1+1+2+2+2)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0)
-	// Execute: portal "", no row limit.
+	return appendExecute(dst)
+}
+
+// appendExecute appends an Execute of the unnamed portal, no row limit.
+func appendExecute(dst []byte) []byte {
 	dst = append(dst, 'E')
 	dst = binary.BigEndian.AppendUint32(dst, 4+1+4)
 	return append(dst, 0, 0, 0, 0, 0)
+}
+
+// appendCloseStmt appends a Close of the statement name.
+func appendCloseStmt(dst []byte, name string) []byte {
+	dst = append(dst, 'C')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+1+len(name)+1))
+	dst = append(dst, 'S')
+	dst = append(dst, name...)
+	return append(dst, 0)
 }
 
 // appendSimpleBegin appends a simple Query message whose text is begin
@@ -332,13 +574,20 @@ func (b *beginConn) Read(p []byte) (int, error) {
 			b.scratch = make([]byte, len(p))
 		}
 		scratch := b.scratch[:len(p)]
+		b.reading++
 		b.mu.Unlock()
 
 		// Reads are serialised (pgx's background reader or the frontend,
 		// never both), so scratch is this call's.
 		n, err := b.Conn.Read(scratch)
 		b.mu.Lock()
+		b.reading--
+		b.reads++
 		b.filter(scratch[:n])
+		if err != nil && b.outcome == beginSent {
+			b.readErr = err
+		}
+		b.signal()
 		m := copy(p, b.out)
 		b.out = b.out[m:]
 		b.endFilter()
@@ -388,10 +637,11 @@ func (b *beginConn) filter(p []byte) {
 				// Notice, ParameterStatus, NotificationResponse: at any time.
 				b.out = append(b.out, b.hdr[:]...)
 				b.pass = body
-			case b.strip > 0 && (typ == '1' || typ == '2' || typ == 'C' || (typ == 'D' && b.guard)):
+			case b.strip > 0 && (typ == '1' || typ == '2' || typ == 'C' || (typ == '3' && !b.guard && !b.simple) || (typ == 'D' && b.guard)):
 				b.drop = body
 				if b.strip--; b.strip == 0 {
 					b.outcome = beginDone
+					b.gate.And(^uint32(gateWatch))
 				}
 			default:
 				// An ErrorResponse, or anything else, in place of the
@@ -401,7 +651,7 @@ func (b *beginConn) filter(p []byte) {
 				b.strip = 0
 				b.outcome = beginFailed
 				if b.txOpen && !b.guard {
-					b.failed.Store(true)
+					b.gate.Store(gateFailed)
 				}
 			}
 		}
