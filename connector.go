@@ -137,6 +137,7 @@ func buildConfig(pool []dsnParam, opts []Option) (config, error) {
 		o(&cfg)
 	}
 	errs = append(errs, cfg.validate())
+	cfg.creds = newPasswordSource(&cfg)
 	return cfg, errors.Join(errs...)
 }
 
@@ -172,8 +173,11 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 		// lib/pq does not expose its socket; this dialer hands it to
 		// Connect for check mode's peek and the watchdog, and bounds
 		// lib/pq's CancelRequest connections.
-		pc.Dialer(socketDialer{cancelBound: max(cfg.cancelGrace, minCancelBound)})
-		return pc, tsa, nil
+		dialer := socketDialer{cancelBound: max(cfg.cancelGrace, minCancelBound)}
+		pc.Dialer(dialer)
+		// With pool_password_file or WithPasswordFunc, a lib/pq connector
+		// per connect, with its password (credentials.go).
+		return cfg.creds.pqConnector(pc, pcfg, dialer), tsa, nil
 	default:
 		pc, err := pgx.ParseConfig(dsn)
 		if err != nil {
@@ -212,7 +216,9 @@ func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 	installPgxCancel(pc, cfg.cancelGrace)
 	// pgx's stdlib pings on the first reuse of every connection and after
 	// each second of idleness. warmpg's ResetSession decides instead.
-	return stdlib.GetConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa
+	// With pool_password_file or WithPasswordFunc, BeforeConnect sets each
+	// connect's password (credentials.go).
+	return cfg.creds.pgxConnector(*pc, stdlib.OptionShouldPing(neverPing)), tsa
 }
 
 // pgxTargetSessionAttrs names the target_session_attrs a pgx config's
@@ -267,6 +273,9 @@ func NewConnector(inner driver.Connector, opts ...Option) (*Connector, error) {
 	}
 	if cfg.lazyBegin && cfg.set&bitLazyBegin != 0 {
 		return nil, errors.New("warmpg: NewConnector: pool_lazy_begin=true needs a connector warmpg builds (sql.Open(\"warmpg\", dsn), warmpg.Open, or a registered pgx config name): it sends the BEGIN under pgx, on a socket a connector given to NewConnector does not let it reach (want pool_lazy_begin=false here)")
+	}
+	if cfg.creds != nil {
+		return nil, errors.New("warmpg: NewConnector: pool_password_file and WithPasswordFunc need a connector warmpg builds (sql.Open(\"warmpg\", dsn), warmpg.Open, OpenConnector): the inner connector given here has its own password (want neither here)")
 	}
 	c := newConnector(inner, cfg)
 	c.startReady(true)
@@ -351,7 +360,7 @@ func (c *Connector) dialErr(ctx context.Context, err error) error {
 	if !caused {
 		return fmt.Errorf("%w (%w)", cerr, err)
 	}
-	if _, ok := c.inner.(*pq.Connector); ok {
+	if pqInner(c.inner) && !keepWholeError(err) {
 		return cerr
 	}
 	return err
@@ -371,6 +380,7 @@ func (c *Connector) Close() error {
 		c.ready.close()
 	}
 	c.holds.close()
+	c.cfg.creds.close()
 	if cl, ok := c.inner.(io.Closer); ok {
 		return cl.Close()
 	}

@@ -126,6 +126,13 @@ type config struct {
 	// WithWarmStatements declared, warmed first (statements.go).
 	warmStmts    int
 	warmDeclared []string
+
+	// passwordFunc (WithPasswordFunc), passwordFile (pool_password_file):
+	// where new connects take their password; creds serves it
+	// (credentials.go). nil, "", nil: the backend's own.
+	passwordFunc func(context.Context) (string, error)
+	passwordFile string
+	creds        *passwordSource
 }
 
 func newConfig() config {
@@ -217,6 +224,9 @@ func (c *config) validate() error {
 	if err := c.validateWarmStatements(); err != nil {
 		return err
 	}
+	if err := c.validatePassword(); err != nil {
+		return err
+	}
 	if c.set&bitLifetimeJitter != 0 && c.lifetimeJitter > c.maxConnLifetime {
 		return fmt.Errorf("warmpg: pool_max_conn_lifetime_jitter=%s exceeds pool_max_conn_lifetime=%s (want jitter <= lifetime; jitter needs a lifetime)",
 			c.lifetimeJitter, c.maxConnLifetime)
@@ -248,6 +258,7 @@ const (
 	bitLazyBegin
 	bitWarmStatements
 	bitReplan
+	bitPasswordFile
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -302,6 +313,7 @@ var params = []param{
 	{"pool_exhausted_log_interval", bitExhaustedInterval, durationParser(func(c *config) *time.Duration { return &c.exhaustedInterval }, false)},
 	{"pool_warm_statements", bitWarmStatements, intParser(func(c *config) *int { return &c.warmStmts }, 0, MaxWarmStatements)},
 	{"pool_replan", bitReplan, boolParser(func(c *config) *bool { return &c.replan })},
+	{"pool_password_file", bitPasswordFile, parsePasswordFile},
 }
 
 // LogOff is the pool_log_level that logs nothing (WithLogLevel(LogOff)).

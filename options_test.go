@@ -108,7 +108,8 @@ func TestParseConfigEveryKey(t *testing.T) {
 		"&pool_reset=Rollback&pool_autocommit=1&pool_max_conn_lifetime=1h&pool_max_conn_idle_time=5m" +
 		"&pool_warm_parallelism=16&pool_warm_timeout=2s&pool_read_only=on&pool_max_conn_lifetime_jitter=10m" +
 		"&pool_min_idle_conns=4&pool_connect_retry_timeout=0&pool_pgbouncer=true&pool_log_level=Debug&pool_cancel_grace=3s" +
-		"&pool_leak_threshold=2s&pool_exhausted_log_interval=30s&pool_lazy_begin=0&pool_warm_statements=5&pool_replan=off"
+		"&pool_leak_threshold=2s&pool_exhausted_log_interval=30s&pool_lazy_begin=0&pool_warm_statements=5&pool_replan=off" +
+		"&pool_password_file=/run/secrets/pw"
 	cfg, inner, err := parseConfig(dsn, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +127,8 @@ func TestParseConfigEveryKey(t *testing.T) {
 		cfg.lifetimeJitter != want.lifetimeJitter || cfg.minIdleConns != want.minIdleConns || cfg.connectRetry != 0 ||
 		!cfg.pgbouncer || cfg.logLevel != slog.LevelDebug || cfg.cancelGrace != 3*time.Second ||
 		cfg.leakThreshold != 2*time.Second || cfg.exhaustedInterval != 30*time.Second ||
-		cfg.lazyBegin || cfg.set&bitLazyBegin == 0 || cfg.warmStmts != 5 || cfg.replan || cfg.set&bitReplan == 0 {
+		cfg.lazyBegin || cfg.set&bitLazyBegin == 0 || cfg.warmStmts != 5 || cfg.replan || cfg.set&bitReplan == 0 ||
+		cfg.passwordFile != "/run/secrets/pw" || cfg.creds == nil {
 		t.Errorf("got %+v\nwant %+v", cfg, want)
 	}
 	// Every documented key is exercised above.

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -131,7 +133,8 @@ type secretPath struct {
 	// refused-connect paths.
 	chars string
 	// run returns what the application sees: error texts and log events.
-	run func(t *testing.T, dsn string) string
+	// opts go to warmpg with the DSN.
+	run func(t *testing.T, dsn string, opts ...Option) string
 }
 
 func errText(err error) string {
@@ -143,7 +146,14 @@ func errText(err error) string {
 
 var secretPaths = []secretPath{
 	{name: "open-bad-pool-key", extra: [][2]string{{"pool_reset", "sometimes"}},
-		run: func(t *testing.T, dsn string) string {
+		run: func(t *testing.T, dsn string, opts ...Option) string {
+			if len(opts) > 0 { // sql.Open takes none
+				c, err := OpenConnector(dsn, opts...)
+				if err == nil {
+					c.Close()
+				}
+				return errText(err)
+			}
 			db, err := sql.Open("warmpg", dsn)
 			if err == nil {
 				db.Close()
@@ -151,31 +161,32 @@ var secretPaths = []secretPath{
 			return errText(err)
 		}},
 	{name: "open-backend-refuses", extra: [][2]string{{"sslmode", "bogus"}},
-		run: func(t *testing.T, dsn string) string {
-			c, err := OpenConnector(dsn)
+		run: func(t *testing.T, dsn string, opts ...Option) string {
+			c, err := OpenConnector(dsn, opts...)
 			if err == nil {
 				c.Close()
 			}
 			return errText(err)
 		}},
 	{name: "ping-refused", extra: [][2]string{{"sslmode", "disable"}, {"pool_connect_retry_timeout", "0"}},
-		run: func(t *testing.T, dsn string) string {
-			return pingOutput(t, dsn)
+		run: func(t *testing.T, dsn string, opts ...Option) string {
+			return pingOutput(t, dsn, opts...)
 		}},
 	{name: "ping-server-refuses", server: "trust", chars: `@/?#\ `, extra: [][2]string{{"sslmode", "disable"}},
-		run: func(t *testing.T, dsn string) string {
-			return pingOutput(t, dsn)
+		run: func(t *testing.T, dsn string, opts ...Option) string {
+			return pingOutput(t, dsn, opts...)
 		}},
 	{name: "ping-auth-failed", server: "password", chars: `@\`, extra: [][2]string{{"sslmode", "disable"}},
-		run: func(t *testing.T, dsn string) string {
-			return pingOutput(t, dsn)
+		run: func(t *testing.T, dsn string, opts ...Option) string {
+			return pingOutput(t, dsn, opts...)
 		}},
 	{name: "warmdb", extra: [][2]string{{"sslmode", "disable"}, {"pool_connect_retry_timeout", "0"}, {"pool_max_conns", "2"}},
-		run: func(t *testing.T, dsn string) string {
-			db, err := sql.Open("warmpg", dsn)
+		run: func(t *testing.T, dsn string, opts ...Option) string {
+			c, err := OpenConnector(dsn, opts...)
 			if err != nil {
 				return errText(err)
 			}
+			db := sql.OpenDB(c)
 			defer db.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
@@ -183,9 +194,9 @@ var secretPaths = []secretPath{
 			return errText(err) + " | " + fmt.Sprint(rep.Requested, rep.Warmed, rep.Failed)
 		}},
 	{name: "prewarm-background", extra: [][2]string{{"sslmode", "disable"}, {"pool_prewarm", "true"}, {"pool_max_conns", "1"}},
-		run: func(t *testing.T, dsn string) string {
+		run: func(t *testing.T, dsn string, opts ...Option) string {
 			rec := &recorder{level: slog.LevelDebug}
-			c, err := OpenConnector(dsn, WithLogger(slog.New(rec)), WithLogLevel(slog.LevelDebug))
+			c, err := OpenConnector(dsn, append([]Option{WithLogger(slog.New(rec)), WithLogLevel(slog.LevelDebug)}, opts...)...)
 			if err != nil {
 				return errText(err)
 			}
@@ -203,9 +214,9 @@ var secretPaths = []secretPath{
 		}},
 }
 
-func pingOutput(t *testing.T, dsn string) string {
+func pingOutput(t *testing.T, dsn string, opts ...Option) string {
 	rec := &recorder{level: slog.LevelDebug}
-	c, err := OpenConnector(dsn, WithLogger(slog.New(rec)), WithLogLevel(slog.LevelDebug))
+	c, err := OpenConnector(dsn, append([]Option{WithLogger(slog.New(rec)), WithLogLevel(slog.LevelDebug)}, opts...)...)
 	if err != nil {
 		return errText(err)
 	}
@@ -262,6 +273,55 @@ func TestNoPasswordInAnyReport(t *testing.T) {
 				}
 			}
 		})
+	}
+	// The password from a source instead of the DSN: WithPasswordFunc, and
+	// pool_password_file (the same path for both passwords of a pair).
+	for _, source := range []string{"func", "file"} {
+		for _, path := range secretPaths {
+			t.Run(source+"/"+path.name, func(t *testing.T) {
+				addr := refused
+				switch path.server {
+				case "trust":
+					srv := pgtest.Get(t)
+					addr = secretAddr{host: srv.Host, port: srv.Port, user: srv.User, db: "no_such_db_warmpg"}
+				case "password":
+					srv := pgtest.Get(t).WithPasswordUser(t)
+					addr = secretAddr{host: srv.Host, port: srv.Port, user: pgtest.PasswordUser, db: srv.Database}
+				}
+				file := filepath.Join(t.TempDir(), "password")
+				for _, backend := range []string{"pgx", "pq"} {
+					for _, pw := range secretPairs() {
+						if path.chars != "" && pw.name != "one-char" && !strings.Contains(path.chars, pw.name[1:len(pw.name)-1]) {
+							continue
+						}
+						extra := append([][2]string{{"pool_backend", backend}}, path.extra...)
+						if source == "file" {
+							extra = append(extra, [2]string{"pool_password_file", file})
+						}
+						dsn := "postgres://" + addr.user + "@" + addr.hostPort() + "/" + addr.db + urlQuery(extra, "?")
+						report := func(secret string) string {
+							if source == "file" {
+								if err := os.WriteFile(file, []byte(secret+"\n"), 0o600); err != nil {
+									t.Fatal(err)
+								}
+								return path.run(t, dsn)
+							}
+							return path.run(t, dsn, WithPasswordFunc(func(context.Context) (string, error) { return secret, nil }))
+						}
+						outA, outB := report(pw.a), report(pw.b)
+						where := fmt.Sprintf("%s/%s/%s password %s", source, path.name, backend, pw.name)
+						if outA != outB {
+							t.Errorf("%s: the report depends on the password:\n  %s\n  %s", where, outA, outB)
+						}
+						for _, h := range pw.halves {
+							if strings.Contains(outA, h) || strings.Contains(outB, h) {
+								t.Errorf("%s: the report shows the password (%q):\n  %s\n  %s", where, h, outA, outB)
+							}
+						}
+					}
+				}
+			})
+		}
 	}
 }
 
