@@ -148,6 +148,10 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 			return nil, "", err
 		}
 		tsa = string(pcfg.TargetSessionAttrs)
+		tcp, err := takeTCPKeys(pcfg.Runtime) // libpq's TCP keys (tcpkeys.go)
+		if err != nil {
+			return nil, "", err
+		}
 		if cfg.readOnly {
 			if pcfg.Runtime == nil {
 				pcfg.Runtime = map[string]string{}
@@ -168,11 +172,14 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 		// lib/pq does not expose its socket; this dialer hands it to
 		// Connect for check mode's peek and the watchdog, and bounds
 		// lib/pq's CancelRequest connections.
-		pc.Dialer(socketDialer{cancelBound: max(cfg.cancelGrace, minCancelBound)})
+		pc.Dialer(socketDialer{cancelBound: max(cfg.cancelGrace, minCancelBound), tcp: tcp})
 		return pc, tsa, nil
 	default:
 		pc, err := pgx.ParseConfig(dsn)
 		if err != nil {
+			return nil, "", err
+		}
+		if err := applyPgxTCPKeys(pc); err != nil {
 			return nil, "", err
 		}
 		ic, tsa := pgxConnector(cfg, pc)
@@ -458,6 +465,7 @@ type socketSlotKey struct{}
 // within a round trip.
 type socketDialer struct {
 	cancelBound time.Duration
+	tcp         *tcpKeys // libpq's TCP keys; nil: none
 }
 
 // minCancelBound is the least time a CancelRequest connection is given.
@@ -474,7 +482,7 @@ func (d socketDialer) DialTimeout(network, address string, timeout time.Duration
 }
 
 func (d socketDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	var nd net.Dialer
+	nd := d.tcp.netDialer(0)
 	slot, ok := ctx.Value(socketSlotKey{}).(*socketSlot)
 	if !ok && d.cancelBound > 0 {
 		ctx2, cancel := context.WithTimeout(ctx, d.cancelBound)
