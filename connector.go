@@ -153,6 +153,10 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 			return nil, "", err
 		}
 		tsa = string(pcfg.TargetSessionAttrs)
+		tcp, err := takeTCPKeys(pcfg.Runtime) // libpq's TCP keys (tcpkeys.go)
+		if err != nil {
+			return nil, "", err
+		}
 		if cfg.readOnly {
 			if pcfg.Runtime == nil {
 				pcfg.Runtime = map[string]string{}
@@ -173,7 +177,7 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 		// lib/pq does not expose its socket; this dialer hands it to
 		// Connect for check mode's peek and the watchdog, and bounds
 		// lib/pq's CancelRequest connections.
-		dialer := socketDialer{cancelBound: max(cfg.cancelGrace, minCancelBound)}
+		dialer := socketDialer{cancelBound: max(cfg.cancelGrace, minCancelBound), tcp: tcp}
 		pc.Dialer(dialer)
 		// With pool_password_file or WithPasswordFunc, a lib/pq connector
 		// per connect, with its password (credentials.go).
@@ -181,6 +185,9 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 	default:
 		pc, err := pgx.ParseConfig(dsn)
 		if err != nil {
+			return nil, "", err
+		}
+		if err := applyPgxTCPKeys(pc); err != nil {
 			return nil, "", err
 		}
 		ic, tsa := pgxConnector(cfg, pc)
@@ -477,6 +484,7 @@ type socketSlotKey struct{}
 // within a round trip.
 type socketDialer struct {
 	cancelBound time.Duration
+	tcp         *tcpKeys // libpq's TCP keys; nil: none
 }
 
 // minCancelBound is the least time a CancelRequest connection is given.
@@ -493,7 +501,7 @@ func (d socketDialer) DialTimeout(network, address string, timeout time.Duration
 }
 
 func (d socketDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	var nd net.Dialer
+	nd := d.tcp.netDialer(0)
 	slot, ok := ctx.Value(socketSlotKey{}).(*socketSlot)
 	if !ok && d.cancelBound > 0 {
 		ctx2, cancel := context.WithTimeout(ctx, d.cancelBound)

@@ -289,6 +289,9 @@ func splitKeyValue(s string) (parsedDSN, error) {
 // for d.masked, which cannot show it; if d.masked parses, the password
 // alone was refused and no parser message is shown.
 func (d *parsedDSN) backendError(backend Backend, err error, parse func(string) error) error {
+	if errors.As(err, new(tcpKeyError)) {
+		return err // warmpg's own, and no password in it
+	}
 	if d.secret {
 		masked := parse(d.masked)
 		if masked == nil {

@@ -46,6 +46,15 @@ type ready struct {
 	slotsProbing bool
 	slotsLogged  bool
 
+	// win, after an Evict until the store is full again: its refill dials
+	// through a dial window (warm.go), growing while connects stay fast,
+	// not all at once. nil otherwise.
+	win *dialWindow
+	// epoch counts the Evicts the store has seen; staleDialing is how many
+	// dials in flight began before the last one: their connections are
+	// evicted on arrival, so no Connect waits for them (await).
+	epoch, staleDialing int
+
 	wake chan struct{} // buffered 1: something changed, reconcile
 	// changed is closed and replaced whenever a dial ends, to wake the
 	// Connects waiting for one (await); waiters counts them.
@@ -218,6 +227,13 @@ func (r *ready) reconcile() time.Duration {
 	}
 	var wait time.Duration
 	limit := cfg.parallelism(max(need, 1))
+	if r.win != nil {
+		if len(r.conns) >= target && r.dialing == 0 {
+			r.win = nil // refilled
+		} else {
+			limit = min(limit, r.win.size)
+		}
+	}
 	if r.failures > 0 {
 		limit = 1 // probe, one at a time
 		if wait = r.retryAt.Sub(now); wait > 0 {
@@ -228,7 +244,7 @@ func (r *ready) reconcile() time.Duration {
 	for range max(need, 0) {
 		r.dialing++
 		r.wg.Add(1)
-		go r.dial()
+		go r.dial(r.epoch)
 	}
 	r.mu.Unlock()
 	for _, rc := range drop {
@@ -237,14 +253,20 @@ func (r *ready) reconcile() time.Duration {
 	return max(wait, 0)
 }
 
-// dial opens one connection into the store.
-func (r *ready) dial() {
+// dial opens one connection into the store; epoch is r.epoch when it
+// began.
+func (r *ready) dial(epoch int) {
 	defer r.wg.Done()
 	ctx, cancel := context.WithTimeout(r.ctx, r.c.cfg.warmTimeout)
+	began := time.Now()
 	w, base, err := r.c.dialOnce(ctx)
+	took := time.Since(began)
 	cancel()
 	r.mu.Lock()
 	r.dialing--
+	if epoch != r.epoch {
+		r.staleDialing--
+	}
 	close(r.changed) // wake awaiting Connects: a connection, or one fewer dial to wait for
 	r.changed = make(chan struct{})
 	if err != nil && r.ctx.Err() != nil {
@@ -270,6 +292,9 @@ func (r *ready) dial() {
 		return
 	}
 	r.failures = 0
+	if r.win != nil {
+		r.win.connected(began, took)
+	}
 	if r.slots == 0 && !r.slotsProbing {
 		r.slotsProbing = true
 		r.mu.Unlock()
@@ -385,7 +410,7 @@ func (r *ready) take() driver.Conn {
 // for them, and returns nil when there is nothing (left) to wait for.
 func (r *ready) await(ctx context.Context) driver.Conn {
 	r.mu.Lock()
-	if r.dialing <= r.waiters || r.failures > 0 {
+	if r.dialing-r.staleDialing <= r.waiters || r.failures > 0 {
 		r.mu.Unlock()
 		return nil
 	}
@@ -409,7 +434,7 @@ func (r *ready) await(ctx context.Context) driver.Conn {
 			return w
 		}
 		r.mu.Lock()
-		if r.dialing < r.waiters || r.failures > 0 {
+		if r.dialing-r.staleDialing < r.waiters || r.failures > 0 {
 			r.mu.Unlock()
 			return nil
 		}
@@ -456,6 +481,7 @@ func (r *ready) count() (ready, dialing int) {
 // dialOnce opens and wraps one connection through the inner connector.
 func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
 	slot := &socketSlot{}
+	gen := c.holds.evictGen.Load() // a connect begun before an Evict is evicted
 	ic, err := c.inner.Connect(context.WithValue(ctx, socketSlotKey{}, slot))
 	if err != nil {
 		c.stats.connectErrors.Add(1)
@@ -463,6 +489,7 @@ func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
 	}
 	c.stats.connects.Add(1)
 	w := wrapConn(ic, c, slot.nc)
+	baseConn(w).hold.gen = gen
 	// (w.Close, not ic.Close, on the way out: wrapConn registered w.)
 	if err := c.checkNewWriter(ctx, baseConn(w)); err != nil {
 		w.Close()
@@ -556,15 +583,16 @@ func transientConnectError(err error) bool {
 	return errors.As(err, &coded) && coded.SQLState() == "57P03"
 }
 
-// expired reports whether the connection's own, jittered lifetime has passed.
+// expired reports whether the connection's own, jittered lifetime has
+// passed, or an Evict retired it (evict.go).
 func (c *conn) expired(now time.Time) bool {
-	return !c.expiresAt.IsZero() && !now.Before(c.expiresAt)
+	return !c.expiresAt.IsZero() && !now.Before(c.expiresAt) || c.evicted()
 }
 
 // expiredNow is expired(time.Now()), without the clock read when no
 // lifetime is set (the hot path of IsValid and ResetSession).
 func (c *conn) expiredNow() bool {
-	return !c.expiresAt.IsZero() && !time.Now().Before(c.expiresAt)
+	return !c.expiresAt.IsZero() && !time.Now().Before(c.expiresAt) || c.evicted()
 }
 
 // serverGone reports, without I/O, whether the server closed c's socket

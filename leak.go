@@ -89,6 +89,9 @@ type holds struct {
 	leaks                atomic.Int64 // checkouts reported held past the threshold
 	reports              atomic.Int64 // exhaustions reported
 	running              atomic.Bool  // the monitor goroutine was started
+	// evictGen counts Evict calls; a connection whose connect began at an
+	// older count is evicted (evict.go).
+	evictGen atomic.Uint64
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{} // every open connection (tracking on)
@@ -103,6 +106,7 @@ type hold struct {
 	id      uint64
 	pid     uint32 // the server process, when the driver says (pgx)
 	created int64  // epoch time of connect
+	gen     uint64 // holds.evictGen when its connect began (evict.go)
 	at      atomic.Int64
 
 	// With pool_leak_threshold on: the checkout's program counters, and
