@@ -77,7 +77,9 @@ type readyConn struct {
 // logs why.
 func (rc *readyConn) unfit(now time.Time) bool {
 	var why error
-	if rc.base.expired(now) {
+	if rc.base.evicted() {
+		why = errEvicted
+	} else if rc.base.expired(now) {
 		why = errExpired
 	} else {
 		switch rc.base.peek() {

@@ -118,15 +118,18 @@ func (c *conn) ResetSession(ctx context.Context) error {
 	return err
 }
 
+// errEvicted refuses a connection opened before the last Evict (evict.go).
+var errEvicted = errBadConn("evicted (warmpg.Evict)", nil)
+
 // errExpired refuses a connection whose own lifetime has passed.
 var errExpired = errBadConn("connection lifetime (pool_max_conn_lifetime) passed", nil)
 
 // logDiscard logs that a connection was discarded (where: "reuse",
 // "return to pool", "ready store") and why: at Debug when that is routine
-// (its lifetime ended), else at Info.
+// (its lifetime ended, an Evict retired it), else at Info.
 func (cfg *config) logDiscard(where string, why error) {
 	l := slog.LevelInfo
-	if why == errExpired {
+	if why == errExpired || why == errEvicted {
 		l = slog.LevelDebug
 	}
 	if !cfg.logs(l) {
@@ -526,6 +529,8 @@ func (c *conn) unusable() error {
 		return errBadConn("a statement's context ended while it ran", nil)
 	case c.cancelUnusable() != nil:
 		return c.cancelUnusable()
+	case c.evicted():
+		return errEvicted
 	case c.expiredNow():
 		return errExpired
 	case c.roleLost.Load():
