@@ -1105,12 +1105,13 @@ func TestFaultNoneHandsOutLeakedTransaction(t *testing.T) {
 	}
 }
 
-// TestFaultClientTCPTimeouts checks the recipe RELIABILITY.md gives for
-// client-side TCP keepalives and TCP_USER_TIMEOUT, which no DSN key sets
-// for pgx or lib/pq (libpq's keepalives* keys make the server refuse the
-// connection; tcp_user_timeout and tcp_keepalives_* in a DSN set the
-// server's socket, not the client's): a pgx DialFunc that sets them, under
-// warmpg.NewConnector, and check mode still sees the socket.
+// TestFaultClientTCPTimeouts checks what RELIABILITY.md says about
+// client-side TCP keepalives and TCP_USER_TIMEOUT: libpq's keys in a DSN
+// connect (issue 27; before, pgx sent them to the server, which refused
+// the connection with 42704; TestTCPKeysOnSocket reads them back on the
+// socket), and the recipe for a connector warmpg does not build — a pgx
+// DialFunc that sets them, under warmpg.NewConnector — keeps check mode
+// seeing the socket.
 func TestFaultClientTCPTimeouts(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := ctxT(t, 20*time.Second)
@@ -1122,9 +1123,8 @@ func TestFaultClientTCPTimeouts(t *testing.T) {
 			err = db.PingContext(ctx)
 			db.Close()
 		}
-		var coded interface{ SQLState() string }
-		if !errors.As(err, &coded) || coded.SQLState() != "42704" {
-			t.Errorf("%s in a pgx DSN: %v; RELIABILITY.md says the server refuses it (42704)", key, err)
+		if err != nil {
+			t.Errorf("%s in a pgx DSN: %v; RELIABILITY.md says warmpg sets it on the socket", key, err)
 		}
 	}
 
