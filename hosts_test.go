@@ -1,0 +1,404 @@
+package warmpg_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warmpg/warmpg"
+	"github.com/warmpg/warmpg/internal/pgproxy"
+	"github.com/warmpg/warmpg/internal/pgtest"
+)
+
+// proxiedHosts starts n proxies in front of srv: n "hosts" of one server,
+// each proxy counting the connections it accepted.
+func proxiedHosts(t *testing.T, srv *pgtest.Server, n int) []*pgproxy.Proxy {
+	t.Helper()
+	ps := make([]*pgproxy.Proxy, n)
+	for i := range ps {
+		p, err := pgproxy.New(srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		ps[i] = p
+	}
+	return ps
+}
+
+// proxyDSN is a multi-host DSN over the proxies, for srv's user and
+// database, in form kv (key=value), url-ports (hosts in the URL, ports in
+// port=) or url (host:port,host:port; pgx only).
+func proxyDSN(srv *pgtest.Server, ps []*pgproxy.Proxy, form string, params ...string) string {
+	var hs, ports, hps []string
+	for _, p := range ps {
+		hs = append(hs, p.Host())
+		ports = append(ports, fmt.Sprint(p.Port()))
+		hps = append(hps, p.Addr())
+	}
+	switch form {
+	case "kv":
+		kv := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", strings.Join(hs, ","), strings.Join(ports, ","), srv.User, srv.Database)
+		if srv.Password != "" {
+			kv += " password=" + srv.Password
+		}
+		return kv + " " + strings.Join(params, " ")
+	}
+	user := url.User(srv.User)
+	if srv.Password != "" {
+		user = url.UserPassword(srv.User, srv.Password)
+	}
+	q := append([]string{"sslmode=disable"}, params...)
+	if form == "url" {
+		return "postgres://" + user.String() + "@" + strings.Join(hps, ",") + "/" + srv.Database + "?" + strings.Join(q, "&")
+	}
+	q = append(q, "port="+strings.Join(ports, ","))
+	return "postgres://" + user.String() + "@" + strings.Join(hs, ",") + "/" + srv.Database + "?" + strings.Join(q, "&")
+}
+
+func accepted(ps []*pgproxy.Proxy) []int {
+	out := make([]int, len(ps))
+	for i, p := range ps {
+		out[i] = p.Accepted()
+	}
+	return out
+}
+
+func active(ps []*pgproxy.Proxy) []int {
+	out := make([]int, len(ps))
+	for i, p := range ps {
+		out[i] = p.Active()
+	}
+	return out
+}
+
+func hostConns(t *testing.T, db *sql.DB) []int {
+	t.Helper()
+	s, ok := warmpg.Stats(db)
+	if !ok {
+		t.Fatal("not a warmpg DB")
+	}
+	out := make([]int, len(s.Hosts))
+	for i, h := range s.Hosts {
+		out[i] = h.Conns
+	}
+	return out
+}
+
+// waitActive waits until the proxies hold want connections each (a proxy
+// sees a client's close a moment after it happens).
+func waitActive(ps []*pgproxy.Proxy, want []int) []int {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		got := active(ps)
+		if fmt.Sprint(got) == fmt.Sprint(want) || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// load_balance_hosts on both backends and every DSN form: random spreads a
+// WarmDB(30) over three hosts 8–12 each (exactly 10: warming takes the host
+// with the fewest), and without the key (or with disable) all 30 go to the
+// first host, as libpq does. Before issue 28, pgx sent the key to the
+// server, which refused every connect (42704).
+func TestLoadBalanceHosts(t *testing.T) {
+	srv := pgtest.Get(t)
+	const n = 30
+	for _, b := range backends {
+		for _, form := range []string{"kv", "url-ports", "url"} {
+			if b == warmpg.BackendPQ && form == "url" {
+				continue // lib/pq cannot read host:port,host:port (docs/replicas.md)
+			}
+			for _, lb := range []string{"random", "disable", ""} {
+				t.Run(fmt.Sprintf("%s/%s/%q", b, form, lb), func(t *testing.T) {
+					ctx := ctxT(t, time.Minute)
+					ps := proxiedHosts(t, srv, 3)
+					params := []string{"pool_backend=" + string(b), fmt.Sprintf("pool_max_conns=%d", n), "connect_timeout=5"}
+					if lb != "" {
+						params = append(params, "load_balance_hosts="+lb)
+					}
+					db, err := warmpg.Open(proxyDSN(srv, ps, form, params...))
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer db.Close()
+					rep, err := warmpg.WarmDB(ctx, db)
+					if err != nil || rep.Warmed != n {
+						t.Fatalf("WarmDB: %v, %v", rep, err)
+					}
+					got := accepted(ps)
+					if lb == "random" {
+						for i, k := range got {
+							if k < 8 || k > 12 {
+								t.Errorf("host %d took %d of %d connections (all: %v), want 8-12", i, k, n, got)
+							}
+						}
+					} else if fmt.Sprint(got) != fmt.Sprint([]int{n, 0, 0}) {
+						t.Errorf("connections per host %v, want all %d on the first", got, n)
+					}
+					if hc := hostConns(t, db); fmt.Sprint(hc) != fmt.Sprint(waitActive(ps, hc)) {
+						t.Errorf("Stats().Hosts says %v, the proxies hold %v", hc, active(ps))
+					}
+					// The key never reaches the server: a query works.
+					var one int
+					if err := db.QueryRowContext(ctx, "select 1").Scan(&one); err != nil {
+						t.Fatal(err)
+					}
+				})
+			}
+		}
+	}
+}
+
+// A bad load_balance_hosts fails the open, naming the key, the value and
+// what is allowed, on both backends.
+func TestLoadBalanceHostsInvalid(t *testing.T) {
+	for _, b := range backends {
+		for _, dsn := range []string{
+			"host=a,b port=1,2 load_balance_hosts=sometimes pool_backend=" + string(b),
+			"postgres://u@a,b/db?port=1,2&load_balance_hosts=sometimes&pool_backend=" + string(b),
+		} {
+			_, err := warmpg.Open(dsn)
+			want := `warmpg: invalid DSN load_balance_hosts="sometimes": want disable (the default: the hosts in the DSN's order) or random`
+			if err == nil || err.Error() != want {
+				t.Errorf("%s: error %v, want %s", dsn, err, want)
+			}
+		}
+	}
+}
+
+// One host black-holed (it accepts and never answers), connect_timeout=2:
+// WarmDB(30) warms all 30 in about one connect timeout, not one per dial
+// that tries the dead host (16.4 s and 0 warmed before issue 28), and at
+// most one dial per pool_host_recheck goes to the dead host.
+func TestHostDownBlackHole(t *testing.T) {
+	srv := pgtest.Get(t)
+	const n = 30
+	for _, b := range backends {
+		for _, lb := range []string{"random", "disable"} {
+			t.Run(fmt.Sprintf("%s/%s", b, lb), func(t *testing.T) {
+				ctx := ctxT(t, time.Minute)
+				ps := proxiedHosts(t, srv, 3)
+				dead := 1
+				if lb == "disable" {
+					dead = 0 // the first host: every connect would try it first
+				}
+				ps[dead].SetBlackHole(true)
+				defer ps[dead].SetBlackHole(false)
+				db, err := warmpg.Open(proxyDSN(srv, ps, "kv", "pool_backend="+string(b), "load_balance_hosts="+lb,
+					"connect_timeout=2", fmt.Sprintf("pool_max_conns=%d", n), "pool_host_recheck=30s"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				start := time.Now()
+				rep, err := warmpg.WarmDB(ctx, db)
+				took := time.Since(start)
+				t.Logf("%s: WarmDB(%d) warmed %d in %v; accepted per host %v", b, n, rep.Warmed, took.Round(time.Millisecond), accepted(ps))
+				if err != nil || rep.Warmed != n {
+					t.Fatalf("WarmDB: %v, %v", rep, err)
+				}
+				if took >= 4*time.Second {
+					t.Errorf("WarmDB(%d) took %v, want < 4 s", n, took)
+				}
+				if k := ps[dead].Accepted(); k > 1 {
+					t.Errorf("%d dials went to the dead host, want at most 1 per recheck interval", k)
+				}
+				got := accepted(ps)
+				if lb == "random" {
+					up := []int{0, 2}
+					for _, i := range up {
+						if got[i] < 13 || got[i] > 17 {
+							t.Errorf("live host %d took %d (all: %v), want 13-17 of %d", i, got[i], got, n)
+						}
+					}
+				} else if got[1] != n {
+					t.Errorf("connections per host %v, want all %d on the second (the first is down)", got, n)
+				}
+				s, _ := warmpg.Stats(db)
+				if !s.Hosts[dead].Down {
+					t.Errorf("Stats().Hosts = %+v, want host %d down", s.Hosts, dead)
+				}
+				// Within the recheck interval no connect goes to it again.
+				before := ps[dead].Accepted()
+				conns := make([]*sql.Conn, 0, n)
+				for range n {
+					c, err := db.Conn(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					conns = append(conns, c)
+				}
+				db.SetMaxIdleConns(0) // close them: the next ones are new connects
+				for _, c := range conns {
+					c.Close()
+				}
+				db.SetMaxIdleConns(n)
+				start = time.Now()
+				if _, err := warmpg.WarmDB(ctx, db); err != nil {
+					t.Fatal(err)
+				}
+				if k := ps[dead].Accepted() - before; k != 0 {
+					t.Errorf("%d dials to the dead host within its recheck interval, want 0", k)
+				}
+				if took := time.Since(start); took > time.Second {
+					t.Errorf("second WarmDB took %v, want well under the connect timeout", took)
+				}
+			})
+		}
+	}
+}
+
+// A host found down is skipped for pool_host_recheck, then tried again by
+// one dial in the background, never by a connect: while it stays down one
+// dial per interval reaches it and connects do not wait; once it answers,
+// new connections go to it until it holds its share.
+func TestHostRecheck(t *testing.T) {
+	srv := pgtest.Get(t)
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			ctx := ctxT(t, time.Minute)
+			ps := proxiedHosts(t, srv, 2)
+			ps[1].SetBlackHole(true)
+			db, err := warmpg.Open(proxyDSN(srv, ps, "kv", "pool_backend="+string(b), "load_balance_hosts=random",
+				"connect_timeout=1", "pool_host_recheck=1s", "pool_max_conns=40"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			warmTo := func(n int) time.Duration {
+				t.Helper()
+				start := time.Now()
+				if rep, err := warmpg.WarmDB(ctx, db, warmpg.WithMaxIdleConns(n)); err != nil || rep.Warmed != n {
+					t.Fatalf("WarmDB(%d): %v, %v", n, rep, err)
+				}
+				return time.Since(start)
+			}
+			warmTo(8)
+			if k := ps[1].Accepted(); k != 1 {
+				t.Fatalf("dials to the dead host %d, want 1", k)
+			}
+			// Past the recheck, still dead: one background dial; the warm
+			// does not wait for it.
+			time.Sleep(1100 * time.Millisecond)
+			if took := warmTo(16); took > 500*time.Millisecond {
+				t.Errorf("WarmDB(16) with the dead host's recheck due took %v, want no wait on it", took)
+			}
+			time.Sleep(1500 * time.Millisecond) // the probe times out
+			if k := ps[1].Accepted(); k != 2 {
+				t.Errorf("dials to the dead host after one recheck interval: %d, want 2", k)
+			}
+			if s, _ := warmpg.Stats(db); !s.Hosts[1].Down {
+				t.Errorf("Stats().Hosts = %+v, want host 1 down", s.Hosts)
+			}
+			// Back: the next recheck finds it, and it gets its share.
+			ps[1].SetBlackHole(false)
+			ps[1].CloseConns()
+			time.Sleep(1100 * time.Millisecond)
+			warmTo(17) // a connect starts the recheck
+			deadline := time.Now().Add(3 * time.Second)
+			for s, _ := warmpg.Stats(db); s.Hosts[1].Down; s, _ = warmpg.Stats(db) {
+				if time.Now().After(deadline) {
+					t.Fatalf("host still down after it came back: %+v", s.Hosts)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			warmTo(34)
+			if got := hostConns(t, db); fmt.Sprint(got) != "[17 17]" {
+				t.Errorf("connections per host %v after it came back, want [17 17]", got)
+			}
+		})
+	}
+}
+
+// target_session_attrs decides which hosts are eligible, and warming
+// balances over those only: over the primary and a hot standby with random,
+// any splits 3/3, read-write and primary put all 6 on the primary,
+// standby, read-only and prefer-standby all 6 on the standby; with the
+// standby down, prefer-standby takes the primary.
+func TestLoadBalanceTargetSessionAttrs(t *testing.T) {
+	ctx := ctxT(t, 3*time.Minute)
+	primary, standby := replicaPair(t, ctx)
+	const n = 6
+	cases := []struct {
+		tsa        string
+		wantP      int
+		standbyOff bool
+	}{
+		{"any", 3, false},
+		{"read-write", n, false},
+		{"primary", n, false},
+		{"standby", 0, false},
+		{"read-only", 0, false},
+		{"prefer-standby", 0, false},
+		{"prefer-standby", n, true}, // the standby stopped: falls back
+	}
+	for _, b := range backends {
+		for _, tc := range cases {
+			name := fmt.Sprintf("%s/%s", b, tc.tsa)
+			if tc.standbyOff {
+				name += "/standby-stopped"
+			}
+			t.Run(name, func(t *testing.T) {
+				if b == warmpg.BackendPQ && (tc.tsa == "prefer-standby" || tc.tsa == "read-only") {
+					t.Skip("refused at open on lib/pq, or never picks a hot standby (docs/replicas.md)")
+				}
+				if tc.standbyOff {
+					if err := standby.Stop(ctx, "fast"); err != nil {
+						t.Fatal(err)
+					}
+					defer func() {
+						if err := standby.Start(ctx); err != nil {
+							t.Fatal(err)
+						}
+					}()
+				}
+				for _, order := range [][]*pgtest.Server{{primary, standby}, {standby, primary}} {
+					dsn := multiHostKV(order, "target_session_attrs="+tc.tsa, "load_balance_hosts=random", "pool_backend="+string(b),
+						"connect_timeout=5", fmt.Sprintf("pool_max_conns=%d", n))
+					db, err := warmpg.Open(dsn)
+					if err != nil {
+						t.Fatal(err)
+					}
+					rep, err := warmpg.WarmDB(ctx, db)
+					if err != nil || rep.Warmed != n {
+						db.Close()
+						t.Fatalf("WarmDB: %v, %v", rep, err)
+					}
+					conns := make([]*sql.Conn, n)
+					onP := 0
+					for i := range conns {
+						if conns[i], err = db.Conn(ctx); err != nil {
+							t.Fatal(err)
+						}
+						where, err := landed(ctx, conns[i], primary, standby)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if where == "primary" {
+							onP++
+						}
+					}
+					for _, c := range conns {
+						c.Close()
+					}
+					if onP != tc.wantP {
+						t.Errorf("%s first: %d of %d on the primary, want %d (Stats: %v)", label(order[0], primary), onP, n, tc.wantP, hostConns(t, db))
+					}
+					if s := db.Stats(); s.OpenConnections != n {
+						t.Errorf("open connections %d, want %d", s.OpenConnections, n)
+					}
+					db.Close()
+				}
+			})
+		}
+	}
+}
+
+var _ = context.Background
