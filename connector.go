@@ -169,6 +169,7 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 		cfg.hosts = newHostSet(cfg, lb, tsa, pqHosts(&pcfg))
 		if cfg.hosts != nil {
 			pcfg.LoadBalanceHosts = pq.LoadBalanceHostsDisable
+			cfg.hosts.pq = true
 		}
 		tcp, err := takeTCPKeys(pcfg.Runtime) // libpq's TCP keys (tcpkeys.go)
 		if err != nil {

@@ -119,6 +119,7 @@ type hostEntry struct {
 // hostSet is a connector's hosts and their state.
 type hostSet struct {
 	hosts   []*hostEntry
+	pq      bool // lib/pq's: errors worded as lib/pq words them
 	random  bool
 	tsa     string // target_session_attrs
 	recheck time.Duration
@@ -182,7 +183,7 @@ func pqHosts(pcfg *pq.Config) []*hostEntry {
 		if addr.IsValid() {
 			h = addr.String()
 		}
-		name := hostPort(h, port)
+		name := h + ":" + strconv.Itoa(int(port)) // as lib/pq names it
 		if seen[name] {
 			return
 		}
@@ -314,12 +315,24 @@ func classifyHostError(ctx context.Context, err error) hostFailure {
 	return failOther
 }
 
-// hostsError is a connect that no host took: every host's error.
-type hostsError struct{ errs []error }
+// hostsError is a connect that no host took: every host's error, worded
+// as the backend alone words it (lib/pq: "pq: could not connect to any of
+// the hosts:", a line per host; pgx's errors name their host).
+type hostsError struct {
+	errs []error
+	pq   bool
+}
 
 func (e *hostsError) Error() string {
+	if len(e.errs) == 1 {
+		return errors.Unwrap(e.errs[0]).Error()
+	}
 	var b strings.Builder
-	b.WriteString("warmpg: no host of the DSN took the connect:")
+	if e.pq {
+		b.WriteString("pq: could not connect to any of the hosts:")
+	} else {
+		b.WriteString("warmpg: no host of the DSN took the connect:")
+	}
 	for _, err := range e.errs {
 		b.WriteString("\n\t")
 		b.WriteString(err.Error())
@@ -329,13 +342,20 @@ func (e *hostsError) Error() string {
 
 func (e *hostsError) Unwrap() []error { return e.errs }
 
-// hostErr names the host an error came from.
+// hostErr names the host an error came from (pgx's errors name it
+// already).
 type hostErr struct {
 	host string
 	err  error
+	pq   bool
 }
 
-func (e *hostErr) Error() string { return e.host + ": " + e.err.Error() }
+func (e *hostErr) Error() string {
+	if e.pq {
+		return "connecting to " + e.host + ": " + e.err.Error()
+	}
+	return e.err.Error()
+}
 func (e *hostErr) Unwrap() error { return e.err }
 
 // connect opens a connection through connect on the hosts in the order the
@@ -375,19 +395,16 @@ func (hs *hostSet) connect(ctx context.Context, connect func(context.Context) (d
 			if err == nil {
 				return ic, h, nil
 			}
-			if len(hs.hosts) > 1 {
-				err = &hostErr{h.name, err}
-			}
-			errs = append(errs, err)
+			errs = append(errs, &hostErr{h.name, err, hs.pq})
 			if kind == failStop {
-				return nil, nil, &hostsError{errs}
+				return nil, nil, &hostsError{errs, hs.pq}
 			}
 		}
 	}
 	if len(errs) == 0 {
 		return nil, nil, fmt.Errorf("warmpg: no host of the DSN is eligible: each was found of the wrong role for target_session_attrs=%s in the last pool_host_recheck (%s)", hs.tsa, hs.recheck)
 	}
-	return nil, nil, &hostsError{errs}
+	return nil, nil, &hostsError{errs, hs.pq}
 }
 
 // pick chooses the next host to try, reserving a dial on it, or returns a
