@@ -202,7 +202,7 @@ func TestHostDownBlackHole(t *testing.T) {
 				took := time.Since(start)
 				t.Logf("%s: WarmDB(%d) warmed %d in %v; accepted per host %v", b, n, rep.Warmed, took.Round(time.Millisecond), accepted(ps))
 				if err != nil || rep.Warmed != n {
-					t.Fatalf("WarmDB: %v, %v", rep, err)
+					t.Fatalf("WarmDB: %v, %v", rep, firstLine(fmt.Sprint(err)))
 				}
 				if took >= 4*time.Second {
 					t.Errorf("WarmDB(%d) took %v, want < 4 s", n, took)
@@ -222,6 +222,9 @@ func TestHostDownBlackHole(t *testing.T) {
 					t.Errorf("connections per host %v, want all %d on the second (the first is down)", got, n)
 				}
 				s, _ := warmpg.Stats(db)
+				if len(s.Hosts) != len(ps) {
+					t.Fatalf("Stats().Hosts = %+v, want %d hosts", s.Hosts, len(ps))
+				}
 				if !s.Hosts[dead].Down {
 					t.Errorf("Stats().Hosts = %+v, want host %d down", s.Hosts, dead)
 				}
@@ -283,6 +286,9 @@ func TestHostRecheck(t *testing.T) {
 			warmTo(8)
 			if k := ps[1].Accepted(); k != 1 {
 				t.Fatalf("dials to the dead host %d, want 1", k)
+			}
+			if s, _ := warmpg.Stats(db); len(s.Hosts) != 2 {
+				t.Fatalf("Stats().Hosts = %+v, want 2 hosts", s.Hosts)
 			}
 			// Past the recheck, still dead: one background dial; the warm
 			// does not wait for it.
@@ -391,6 +397,20 @@ func TestLoadBalanceTargetSessionAttrs(t *testing.T) {
 					if onP != tc.wantP {
 						t.Errorf("%s first: %d of %d on the primary, want %d (Stats: %v)", label(order[0], primary), onP, n, tc.wantP, hostConns(t, db))
 					}
+					if tc.wantP == 0 || tc.wantP == n && !tc.standbyOff {
+						// The other host was found of the wrong role, and
+						// the cache says so.
+						s, _ := warmpg.Stats(db)
+						wrong := 0
+						for _, h := range s.Hosts {
+							if h.WrongRole {
+								wrong++
+							}
+						}
+						if len(s.Hosts) != 2 || wrong != 1 {
+							t.Errorf("Stats().Hosts = %+v, want 2 hosts, one of the wrong role", s.Hosts)
+						}
+					}
 					if s := db.Stats(); s.OpenConnections != n {
 						t.Errorf("open connections %d, want %d", s.OpenConnections, n)
 					}
@@ -402,3 +422,4 @@ func TestLoadBalanceTargetSessionAttrs(t *testing.T) {
 }
 
 var _ = context.Background
+
