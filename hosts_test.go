@@ -422,4 +422,3 @@ func TestLoadBalanceTargetSessionAttrs(t *testing.T) {
 }
 
 var _ = context.Background
-
