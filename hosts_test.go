@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -422,3 +423,120 @@ func TestLoadBalanceTargetSessionAttrs(t *testing.T) {
 }
 
 var _ = context.Background
+
+// Under load, one of three hosts (a primary and two hot standbys) is
+// stopped and started again: the queries that fail are those in flight on
+// its connections, new connects skip it while it is down, and once it is
+// back (rechecked after pool_host_recheck) it gets its share again as
+// connections are renewed (pool_max_conn_lifetime), with no storm.
+func TestHostStopUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three servers and stops one")
+	}
+	ctx := ctxT(t, 3*time.Minute)
+	primary, s1 := replicaPair(t, ctx)
+	s2 := pgtest.NewStandby(t, ctx, primary)
+	hosts := []*pgtest.Server{primary, s1, s2}
+	const n, workers = 30, 8
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			db, err := warmpg.Open(multiHostKV(hosts, "load_balance_hosts=random", "pool_backend="+string(b), "connect_timeout=2", "application_name=lbload",
+				fmt.Sprintf("pool_max_conns=%d", n), "pool_max_conn_lifetime=2s", "pool_host_recheck=1s", "pool_prewarm=true"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if got := hostConns(t, db); fmt.Sprint(got) != "[10 10 10]" {
+				t.Errorf("prewarmed %v, want [10 10 10]", got)
+			}
+			var (
+				mu     sync.Mutex
+				failed int
+				ok     int
+				errs   []string
+			)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			for range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						select {
+						case <-stop:
+							return
+						case <-time.After(2 * time.Millisecond):
+						}
+						qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+						var one int
+						err := db.QueryRowContext(qctx, "select 1").Scan(&one)
+						cancel()
+						mu.Lock()
+						if err != nil {
+							failed++
+							if len(errs) < 3 {
+								errs = append(errs, firstLine(err.Error()))
+							}
+						} else {
+							ok++
+						}
+						mu.Unlock()
+					}
+				}()
+			}
+			time.Sleep(500 * time.Millisecond)
+			if err := s1.Stop(ctx, "fast"); err != nil {
+				t.Fatal(err)
+			}
+			stopped := time.Now()
+			time.Sleep(time.Second)
+			if err := s1.Start(ctx); err != nil {
+				t.Fatal(err)
+			}
+			started := time.Now()
+			var back time.Duration
+			deadline := started.Add(10 * time.Second)
+			var last []int
+			// The backends each server has for this pool, asked of the
+			// servers (Stats counts a connection the server closed until
+			// the pool discards it).
+			backends := func() []int {
+				out := make([]int, len(hosts))
+				for i, h := range hosts {
+					c, err := h.Connect(ctx)
+					if err != nil {
+						continue // down: 0
+					}
+					c.QueryRow(ctx, "select count(*) from pg_stat_activity where application_name = 'lbload'").Scan(&out[i])
+					c.Close(ctx)
+				}
+				return out
+			}
+			if got := backends(); got[1] != 0 {
+				t.Errorf("backends %v on the restarted host before its recheck, want 0", got)
+			}
+			for time.Now().Before(deadline) {
+				last = backends()
+				sum := last[0] + last[1] + last[2]
+				// Its share of what the load keeps open (database/sql
+				// closes what it does not need as lifetimes end).
+				if last[1] >= 1 && last[1] >= sum/3-1 {
+					back = time.Since(started)
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			close(stop)
+			wg.Wait()
+			st, _ := warmpg.Stats(db)
+			t.Logf("%s: stopped %v, restarted (pg_ctl start returned) %v later; %d queries ok, %d failed %q; the host held its share of the %d allowed again %v after its start (per host %v); connects %d, connect errors %d",
+				b, stopped.Format("15:04:05.000"), started.Sub(stopped).Round(time.Millisecond), ok, failed, errs, n, back.Round(time.Millisecond), last, st.Connects, st.ConnectErrors)
+			if back == 0 {
+				t.Errorf("connections per host %v (limit %d) 10 s after the host's start, want its share again", last, n)
+			}
+			if failed > n/3+workers {
+				t.Errorf("%d queries failed, want at most those on the stopped host's connections (%d) and in flight (%d)", failed, n/3, workers)
+			}
+		})
+	}
+}
