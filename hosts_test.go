@@ -540,3 +540,31 @@ func TestHostStopUnderLoad(t *testing.T) {
 		})
 	}
 }
+
+// The background filler balances too: sql.Open with pool_prewarm and
+// pool_min_idle_conns over three hosts fills its ready store (6: the prewarm, which pool_min_idle_conns=3 does not exceed) 2/2/2.
+func TestLoadBalanceKeepWarm(t *testing.T) {
+	srv := pgtest.Get(t)
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			ps := proxiedHosts(t, srv, 3)
+			db, err := sql.Open("warmpg", proxyDSN(srv, ps, "kv", "pool_backend="+string(b), "load_balance_hosts=random",
+				"pool_prewarm=true", "pool_max_idle_conns=6", "pool_min_idle_conns=3", "pool_max_conns=20"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) && (fmt.Sprint(accepted(ps)) != "[2 2 2]" || fmt.Sprint(hostConns(t, db)) != "[2 2 2]") {
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond) // nothing more comes
+			if got := accepted(ps); fmt.Sprint(got) != "[2 2 2]" {
+				t.Errorf("ready store's connections per host %v, want [2 2 2]", got)
+			}
+			if got := hostConns(t, db); fmt.Sprint(got) != "[2 2 2]" {
+				t.Errorf("Stats().Hosts %v, want [2 2 2]", got)
+			}
+		})
+	}
+}
