@@ -204,6 +204,10 @@ func hostPort(host string, port uint16) string {
 	return net.JoinHostPort(host, strconv.Itoa(int(port)))
 }
 
+// warmingKey marks the context of a warming dial (WarmDB, pool_prewarm,
+// keep-warm), which balances exactly (see pick).
+type warmingKey struct{}
+
 // hostKey carries a connect's host to the backend (pgxBeforeConnect,
 // pqConnectOne); strictKey says prefer-standby's first pass, which takes a
 // standby only.
@@ -363,6 +367,7 @@ func (e *hostErr) Unwrap() error { return e.err }
 func (hs *hostSet) connect(ctx context.Context, connect func(context.Context) (driver.Conn, error)) (driver.Conn, *hostEntry, error) {
 	tried := map[*hostEntry]bool{}
 	var errs []error
+	exact := ctx.Value(warmingKey{}) != nil
 	passes := 1
 	if hs.tsa == "prefer-standby" {
 		passes = 2
@@ -373,7 +378,7 @@ func (hs *hostSet) connect(ctx context.Context, connect func(context.Context) (d
 			clear(tried) // the primaries refused as not preferred are taken now
 		}
 		for {
-			h, wait := hs.pick(tried, strict, len(errs) == 0 && pass == 0)
+			h, wait := hs.pick(tried, strict, len(errs) == 0 && pass == 0, exact)
 			if h == nil && wait != nil {
 				select {
 				case <-wait:
@@ -411,8 +416,10 @@ func (hs *hostSet) connect(ctx context.Context, connect func(context.Context) (d
 // channel to wait on when the host(s) to try next are being probed, or nil,
 // nil when none is left. first: nothing was tried yet in this connect, so
 // with every eligible host known down they are tried anyway, in order, as
-// the driver alone would.
-func (hs *hostSet) pick(tried map[*hostEntry]bool, strict, first bool) (*hostEntry, <-chan struct{}) {
+// the driver alone would. exact: a warming dial (WarmDB, pool_prewarm,
+// keep-warm), which waits for a host's first connect rather than go to a
+// host holding more; an application's connect goes on to the others.
+func (hs *hostSet) pick(tried map[*hostEntry]bool, strict, first, exact bool) (*hostEntry, <-chan struct{}) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	now := hs.now()
@@ -495,7 +502,7 @@ func (hs *hostSet) pick(tried map[*hostEntry]bool, strict, first bool) (*hostEnt
 		}
 		h = best[rand.IntN(len(best))]
 	}
-	if hs.random && minProbing >= 0 && minProbing < h.conns+h.dialing {
+	if exact && hs.random && minProbing >= 0 && minProbing < h.conns+h.dialing {
 		// A host being reached for the first time holds fewer: wait for
 		// its first connect (no host known down is waited on), so that
 		// warming balances exactly from the start.

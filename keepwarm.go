@@ -259,7 +259,7 @@ func (r *ready) reconcile() time.Duration {
 // began.
 func (r *ready) dial(epoch int) {
 	defer r.wg.Done()
-	ctx, cancel := context.WithTimeout(r.ctx, r.c.cfg.warmTimeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(r.ctx, warmingKey{}, true), r.c.cfg.warmTimeout)
 	began := time.Now()
 	w, base, err := r.c.dialOnce(ctx)
 	took := time.Since(began)
