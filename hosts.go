@@ -70,15 +70,18 @@ func lbError(v string) error {
 // parameters (pgx would send it to the server) and returns it, or libpq's
 // PGLOADBALANCEHOSTS when the DSN has none.
 func takeLoadBalance(settings map[string]string) (string, error) {
-	v, ok := settings[lbKey]
-	if ok {
+	v, inDSN := settings[lbKey]
+	if inDSN {
 		delete(settings, lbKey)
-	} else if v, ok = os.LookupEnv(lbEnv); !ok || v == "" {
+	} else if v = os.Getenv(lbEnv); v == "" {
 		return lbDisable, nil
 	}
 	switch v {
 	case lbDisable, lbRandom:
 		return v, nil
+	}
+	if !inDSN {
+		return "", tcpKeyError{fmt.Errorf("warmpg: invalid environment variable %s=%q: want disable (the default: the hosts in the DSN's order) or random", lbEnv, v)}
 	}
 	return "", lbError(v)
 }

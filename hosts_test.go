@@ -568,3 +568,31 @@ func TestLoadBalanceKeepWarm(t *testing.T) {
 		})
 	}
 }
+
+// PGLOADBALANCEHOSTS, libpq's variable, counts when the DSN has no
+// load_balance_hosts (pgx: warmpg reads it; lib/pq reads it itself), and a
+// bad value names the variable.
+func TestLoadBalanceHostsEnv(t *testing.T) {
+	srv := pgtest.Get(t)
+	t.Setenv("PGLOADBALANCEHOSTS", "random")
+	for _, b := range backends {
+		ps := proxiedHosts(t, srv, 3)
+		db, err := warmpg.Open(proxyDSN(srv, ps, "kv", "pool_backend="+string(b), "pool_max_conns=9"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := ctxT(t, 30*time.Second)
+		if rep, err := warmpg.WarmDB(ctx, db); err != nil || rep.Warmed != 9 {
+			t.Fatalf("%s: WarmDB: %v, %v", b, rep, err)
+		}
+		if got := accepted(ps); fmt.Sprint(got) != "[3 3 3]" {
+			t.Errorf("%s: connections per host %v, want [3 3 3]", b, got)
+		}
+		db.Close()
+	}
+	t.Setenv("PGLOADBALANCEHOSTS", "often")
+	_, err := warmpg.Open("host=a,b port=1,2")
+	if want := `warmpg: invalid environment variable PGLOADBALANCEHOSTS="often"`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want %s", err, want)
+	}
+}
