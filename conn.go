@@ -94,6 +94,10 @@ type conn struct {
 
 	hold hold // checkout bookkeeping (leak.go)
 
+	// host is the host of a multi-host DSN the connection is on, until it
+	// closes (hosts.go); nil for one host.
+	host atomic.Pointer[hostEntry]
+
 	// prepared counts, by text, the statements prepared through
 	// PrepareContext on a pgx connection and not yet closed (replan.go).
 	prepared map[string]int
@@ -191,6 +195,9 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 }
 
 func (c *conn) Close() error {
+	if h := c.host.Swap(nil); h != nil {
+		c.c.cfg.hosts.release(h)
+	}
 	c.disarm()
 	c.c.holds.remove(c)
 	if c.c.ready != nil && c.c.cfg.keepWarm() {

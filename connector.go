@@ -94,6 +94,10 @@ func openConnector(dsn string, opts []Option) (*Connector, error) {
 		return nil, err
 	}
 	c := newConnector(ic, cfg)
+	if hs := c.cfg.hosts; hs != nil {
+		hs.cfg = &c.cfg
+		hs.probe = c.probeHost
+	}
 	c.ownPgx = cfg.backend == BackendPgx
 	c.ownInner = true
 	cfg.self.Store(c)
@@ -150,9 +154,23 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 	case BackendPQ:
 		pcfg, err := pq.NewConfig(dsn)
 		if err != nil {
-			return nil, "", err
+			return nil, "", rewritePQLBError(err)
 		}
 		tsa = string(pcfg.TargetSessionAttrs)
+		if tsa == "" {
+			tsa = "any"
+		}
+		// Several hosts: warmpg walks them itself, one per connect
+		// attempt (hosts.go); lib/pq's own load_balance_hosts is off.
+		lb := string(pcfg.LoadBalanceHosts)
+		if lb == "" {
+			lb = lbDisable
+		}
+		cfg.hosts = newHostSet(cfg, lb, tsa, pqHosts(&pcfg))
+		if cfg.hosts != nil {
+			pcfg.LoadBalanceHosts = pq.LoadBalanceHostsDisable
+			cfg.hosts.pq = true
+		}
 		tcp, err := takeTCPKeys(pcfg.Runtime) // libpq's TCP keys (tcpkeys.go)
 		if err != nil {
 			return nil, "", err
@@ -181,15 +199,17 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 		pc.Dialer(dialer)
 		// With pool_password_file or WithPasswordFunc, a lib/pq connector
 		// per connect, with its password (credentials.go).
-		return cfg.creds.pqConnector(pc, pcfg, dialer), tsa, nil
+		return cfg.creds.pqConnector(pc, pcfg, dialer, cfg.hosts != nil), tsa, nil
 	default:
 		pc, err := pgx.ParseConfig(dsn)
 		if err != nil {
 			return nil, "", err
 		}
-		if err := applyPgxTCPKeys(pc); err != nil {
+		lb, lbErr := takeLoadBalance(pc.RuntimeParams)
+		if err := errors.Join(lbErr, applyPgxTCPKeys(pc)); err != nil {
 			return nil, "", err
 		}
+		cfg.hosts = newHostSet(cfg, lb, pgxTargetSessionAttrs(pc.ValidateConnect), pgxHosts(pc))
 		ic, tsa := pgxConnector(cfg, pc)
 		return ic, tsa, nil
 	}
@@ -199,6 +219,10 @@ func backendConnector(cfg *config, dsn string) (ic driver.Connector, tsa string,
 // applied, and the target_session_attrs pc asks for.
 func pgxConnector(cfg *config, pc *pgx.ConnConfig) (driver.Connector, string) {
 	tsa := pgxTargetSessionAttrs(pc.ValidateConnect)
+	if cfg.hosts != nil {
+		// warmpg walks the hosts and learns their roles (hosts.go).
+		pc.ValidateConnect = pgxValidator(pc.ValidateConnect)
+	}
 	if cfg.self != nil {
 		// After a writer's demotion, a reader is refused and pgx goes on
 		// to the next host (writer.go).
@@ -387,6 +411,7 @@ func (c *Connector) Close() error {
 		c.ready.close()
 	}
 	c.holds.close()
+	c.cfg.hosts.close()
 	c.cfg.creds.close()
 	if cl, ok := c.inner.(io.Closer); ok {
 		return cl.Close()

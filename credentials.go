@@ -349,6 +349,7 @@ func pgxBeforeConnect(ctx context.Context, cc *pgx.ConnConfig) error {
 	if pw, ok := ctx.Value(passwordKey{}).(string); ok {
 		cc.Password = pw
 	}
+	applyPgxHost(ctx, cc) // the host of a multi-host DSN this attempt is for (hosts.go)
 	return nil
 }
 
@@ -356,7 +357,7 @@ func pgxBeforeConnect(ctx context.Context, cc *pgx.ConnConfig) error {
 // source, pgx's BeforeConnect hook setting each connect's password.
 func (s *passwordSource) pgxConnector(pc pgx.ConnConfig, opts ...stdlib.OptionOpenDB) driver.Connector {
 	if s == nil {
-		return stdlib.GetConnector(pc, opts...)
+		return stdlib.GetConnector(pc, append(opts, stdlib.OptionBeforeConnect(pgxBeforeConnect))...)
 	}
 	base := stdlib.GetConnector(pc, append(opts, stdlib.OptionBeforeConnect(pgxBeforeConnect))...)
 	return &passwordConnector{src: s, base: base, connect: func(ctx context.Context, pw string) (driver.Conn, error) {
@@ -367,26 +368,49 @@ func (s *passwordSource) pgxConnector(pc pgx.ConnConfig, opts ...stdlib.OptionOp
 // pqConnector returns pc, or, with a source, a connector that builds a
 // lib/pq connector for each connect from pcfg with its password set and
 // dialer d (lib/pq's Config is fixed per connector; building one is a copy).
-func (s *passwordSource) pqConnector(pc *pq.Connector, pcfg pq.Config, d pq.Dialer) driver.Connector {
-	if s == nil {
+// With hosts (a multi-host DSN, hosts.go) it builds one per connect
+// attempt too, for the host the attempt is for.
+func (s *passwordSource) pqConnector(pc *pq.Connector, pcfg pq.Config, d pq.Dialer, hosts bool) driver.Connector {
+	if s == nil && !hosts {
 		return pc
 	}
-	return &passwordConnector{src: s, base: pc, pq: true, connect: func(ctx context.Context, pw string) (driver.Conn, error) {
+	one := func(ctx context.Context, pw *string) (driver.Conn, error) {
 		cfg := pcfg
-		cfg.Password = pw
+		if pw != nil {
+			cfg.Password = *pw
+		}
+		applyPQHost(ctx, &cfg)
 		one, err := pq.NewConnectorConfig(cfg)
 		if err != nil {
 			return nil, err
 		}
 		one.Dialer(d)
 		return one.Connect(ctx)
+	}
+	if s == nil {
+		return &pqHostConnector{base: pc, one: one}
+	}
+	return &passwordConnector{src: s, base: pc, pq: true, connect: func(ctx context.Context, pw string) (driver.Conn, error) {
+		return one(ctx, &pw)
 	}}
+}
+
+// pqHostConnector is lib/pq's connector for a multi-host DSN: a lib/pq
+// connector per connect, for the connect's host.
+type pqHostConnector struct {
+	base *pq.Connector
+	one  func(ctx context.Context, pw *string) (driver.Conn, error)
+}
+
+func (p *pqHostConnector) Driver() driver.Driver { return p.base.Driver() }
+func (p *pqHostConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	return p.one(ctx, nil)
 }
 
 // pqInner reports whether ic is lib/pq's, directly or under a password source.
 func pqInner(ic driver.Connector) bool {
 	switch ic := ic.(type) {
-	case *pq.Connector:
+	case *pq.Connector, *pqHostConnector:
 		return true
 	case *passwordConnector:
 		return ic.pq

@@ -259,7 +259,7 @@ func (r *ready) reconcile() time.Duration {
 // began.
 func (r *ready) dial(epoch int) {
 	defer r.wg.Done()
-	ctx, cancel := context.WithTimeout(r.ctx, r.c.cfg.warmTimeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(r.ctx, warmingKey{}, true), r.c.cfg.warmTimeout)
 	began := time.Now()
 	w, base, err := r.c.dialOnce(ctx)
 	took := time.Since(began)
@@ -484,13 +484,22 @@ func (r *ready) count() (ready, dialing int) {
 func (c *Connector) dialOnce(ctx context.Context) (driver.Conn, *conn, error) {
 	slot := &socketSlot{}
 	gen := c.holds.evictGen.Load() // a connect begun before an Evict is evicted
-	ic, err := c.inner.Connect(context.WithValue(ctx, socketSlotKey{}, slot))
+	sctx := context.WithValue(ctx, socketSlotKey{}, slot)
+	var ic driver.Conn
+	var host *hostEntry
+	var err error
+	if hs := c.cfg.hosts; hs != nil {
+		ic, host, err = hs.connect(sctx, c.inner.Connect) // hosts.go
+	} else {
+		ic, err = c.inner.Connect(sctx)
+	}
 	if err != nil {
 		c.stats.connectErrors.Add(1)
 		return nil, nil, err
 	}
 	c.stats.connects.Add(1)
 	w := wrapConn(ic, c, slot.nc)
+	baseConn(w).host.Store(host)
 	baseConn(w).hold.gen = gen
 	// (w.Close, not ic.Close, on the way out: wrapConn registered w.)
 	if err := c.checkNewWriter(ctx, baseConn(w)); err != nil {

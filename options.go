@@ -26,6 +26,10 @@ const (
 	// that refuses connections or is starting up, when
 	// pool_connect_retry_timeout is not set.
 	DefaultConnectRetryTimeout = 5 * time.Second
+	// DefaultHostRecheck is how long a host of a multi-host DSN found down,
+	// or of the wrong role for target_session_attrs, is skipped before it
+	// is tried again (pool_host_recheck; pgjdbc's hostRecheckSeconds).
+	DefaultHostRecheck = 10 * time.Second
 	// DefaultCancelGrace is how long a statement whose context ended may
 	// still take to return after its CancelRequest before warmpg breaks the
 	// connection, when pool_cancel_grace is not set (see WithCancelGrace).
@@ -95,7 +99,8 @@ type config struct {
 	maxConnIdleTime time.Duration
 	minIdleConns    int
 	connectRetry    time.Duration
-	warmParallelism int // 0: DefaultWarmParallelism
+	hostRecheck     time.Duration // pool_host_recheck (hosts.go)
+	warmParallelism int           // 0: DefaultWarmParallelism
 	warmTimeout     time.Duration
 	cancelGrace     time.Duration
 	pgbouncer       bool
@@ -133,6 +138,10 @@ type config struct {
 	passwordFunc func(context.Context) (string, error)
 	passwordFile string
 	creds        *passwordSource
+
+	// hosts: a DSN with several hosts, which warmpg walks itself (hosts.go);
+	// nil for one host or a foreign inner connector.
+	hosts *hostSet
 }
 
 func newConfig() config {
@@ -143,6 +152,7 @@ func newConfig() config {
 		replan:       true,
 		warmTimeout:  DefaultWarmTimeout,
 		connectRetry: DefaultConnectRetryTimeout,
+		hostRecheck:  DefaultHostRecheck,
 		cancelGrace:  DefaultCancelGrace,
 		warmStmts:    DefaultWarmStatements,
 
@@ -259,6 +269,7 @@ const (
 	bitWarmStatements
 	bitReplan
 	bitPasswordFile
+	bitHostRecheck
 )
 
 // param is one pool_* key: its name, the bit it sets, and how to parse it.
@@ -314,6 +325,7 @@ var params = []param{
 	{"pool_warm_statements", bitWarmStatements, intParser(func(c *config) *int { return &c.warmStmts }, 0, MaxWarmStatements)},
 	{"pool_replan", bitReplan, boolParser(func(c *config) *bool { return &c.replan })},
 	{"pool_password_file", bitPasswordFile, parsePasswordFile},
+	{"pool_host_recheck", bitHostRecheck, durationParser(func(c *config) *time.Duration { return &c.hostRecheck }, true)},
 }
 
 // LogOff is the pool_log_level that logs nothing (WithLogLevel(LogOff)).
@@ -616,6 +628,14 @@ func WithMinIdleConns(n int) Option {
 // DefaultConnectRetryTimeout; 0: no retries).
 func WithConnectRetryTimeout(d time.Duration) Option {
 	return durationOption("pool_connect_retry_timeout", bitConnectRetry, d, false, func(c *config) *time.Duration { return &c.connectRetry })
+}
+
+// WithHostRecheck sets how long a host of a multi-host DSN that was found
+// down (its connect refused or timed out) or of the wrong role for
+// target_session_attrs is skipped before a connect tries it again
+// (pool_host_recheck; default DefaultHostRecheck, 10 s). Positive.
+func WithHostRecheck(d time.Duration) Option {
+	return durationOption("pool_host_recheck", bitHostRecheck, d, true, func(c *config) *time.Duration { return &c.hostRecheck })
 }
 
 // WithMaxConnIdleTime sets the most time a connection stays idle

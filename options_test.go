@@ -109,7 +109,7 @@ func TestParseConfigEveryKey(t *testing.T) {
 		"&pool_warm_parallelism=16&pool_warm_timeout=2s&pool_read_only=on&pool_max_conn_lifetime_jitter=10m" +
 		"&pool_min_idle_conns=4&pool_connect_retry_timeout=0&pool_pgbouncer=true&pool_log_level=Debug&pool_cancel_grace=3s" +
 		"&pool_leak_threshold=2s&pool_exhausted_log_interval=30s&pool_lazy_begin=0&pool_warm_statements=5&pool_replan=off" +
-		"&pool_password_file=/run/secrets/pw"
+		"&pool_password_file=/run/secrets/pw&pool_host_recheck=3s"
 	cfg, inner, err := parseConfig(dsn, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func TestParseConfigEveryKey(t *testing.T) {
 		!cfg.pgbouncer || cfg.logLevel != slog.LevelDebug || cfg.cancelGrace != 3*time.Second ||
 		cfg.leakThreshold != 2*time.Second || cfg.exhaustedInterval != 30*time.Second ||
 		cfg.lazyBegin || cfg.set&bitLazyBegin == 0 || cfg.warmStmts != 5 || cfg.replan || cfg.set&bitReplan == 0 ||
-		cfg.passwordFile != "/run/secrets/pw" || cfg.creds == nil {
+		cfg.passwordFile != "/run/secrets/pw" || cfg.creds == nil || cfg.hostRecheck != 3*time.Second {
 		t.Errorf("got %+v\nwant %+v", cfg, want)
 	}
 	// Every documented key is exercised above.
@@ -163,6 +163,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"postgres://h/db?pool_max_conn_lifetime=1m&pool_max_conn_lifetime_jitter=2m", []string{"pool_max_conn_lifetime_jitter=2m0s", "pool_max_conn_lifetime=1m0s"}},
 		{"postgres://h/db?pool_max_conn_lifetime_jitter=1s", []string{"pool_max_conn_lifetime_jitter=1s", "needs a lifetime"}},
 		{"postgres://h/db?pool_connect_retry_timeout=-1s", []string{"pool_connect_retry_timeout", `"-1s"`}},
+		{"postgres://h/db?pool_host_recheck=0", []string{"pool_host_recheck", `"0"`, "positive duration"}},
 		{"postgres://h/db?pool_max_conn_lifetime=-5m", []string{"pool_max_conn_lifetime", `"-5m"`, "duration"}},
 		{"postgres://h/db?pool_max_conn_lifetime=30", []string{"pool_max_conn_lifetime", `"30"`, "30s"}},
 		{"postgres://h/db?pool_max_conn_idle_time=forever", []string{"pool_max_conn_idle_time", `"forever"`}},
@@ -216,6 +217,14 @@ func TestPrecedenceEnvDSNOption(t *testing.T) {
 	if cfg.warmTimeout != DefaultWarmTimeout {
 		t.Errorf("empty env var must count as unset: warm timeout %s", cfg.warmTimeout)
 	}
+	withEnv(t, "WARMPG_POOL_HOST_RECHECK=4s")
+	if cfg, _, err := parseConfig("postgres://h/db", nil); err != nil || cfg.hostRecheck != 4*time.Second {
+		t.Errorf("env WARMPG_POOL_HOST_RECHECK=4s: got %v, %v", cfg.hostRecheck, err)
+	}
+	if cfg, _, err := parseConfig("postgres://h/db", []Option{WithHostRecheck(time.Minute)}); err != nil || cfg.hostRecheck != time.Minute {
+		t.Errorf("WithHostRecheck(1m) over the env: got %v, %v", cfg.hostRecheck, err)
+	}
+	withEnv(t, "WARMPG_POOL_MAX_CONNS=5", "WARMPG_POOL_RESET=ping")
 	cfg, _, err = parseConfig("postgres://h/db?pool_reset=none", []Option{WithReset(ResetDiscard), WithMaxConns(7)})
 	if err != nil {
 		t.Fatal(err)
@@ -254,6 +263,7 @@ func TestOptionRejects(t *testing.T) {
 		{WithReset("sometimes"), "pool_reset=sometimes"},
 		{WithReset(""), "pool_reset="},
 		{WithBackend("mysql"), "pool_backend=mysql"},
+		{WithHostRecheck(0), "pool_host_recheck=0s"},
 	}
 	for _, tc := range cases {
 		_, err := OpenConnector("postgres://h/db", tc.opt)

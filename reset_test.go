@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/DATA-DOG/go-sqlmock"
@@ -52,7 +53,7 @@ func TestResetModesSQL(t *testing.T) {
 			}
 			got := c.Stats()
 			got.Connects = 0
-			if got != tc.want {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("counters %v, want %v", got, tc.want)
 			}
 		})

@@ -3,6 +3,8 @@ package warmpg
 import (
 	"database/sql"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -56,13 +58,37 @@ type Counters struct {
 	// pool was reported exhausted (each exhaustion once, however long).
 	HeldPastThreshold int64
 	Exhaustions       int64
+
+	// Hosts has, for a DSN that names several hosts, each host's
+	// connections of this pool now (open: in use, idle in database/sql
+	// and ready) and whether it is known down or of the wrong role for
+	// target_session_attrs (docs/replicas.md); nil for one host.
+	Hosts []HostStats
 }
 
 // String returns the counters on one line; it holds no DSN and no secret.
 func (s Counters) String() string {
 	return fmt.Sprintf("connects=%d connect_errors=%d from_ready=%d clean=%d pinged=%d rolled_back=%d reset=%d discarded=%d autocommit_txs=%d autocommit_upgrades=%d replans=%d lazy_txs=%d statements_warmed=%d statements_warm_failed=%d in_use=%d oldest_in_use=%s held_past_threshold=%d exhaustions=%d",
 		s.Connects, s.ConnectErrors, s.FromReady, s.Clean, s.Pinged, s.RolledBack, s.Reset, s.Discarded, s.AutocommitTxs, s.AutocommitUpgrades, s.Replans, s.LazyTxs, s.StatementsWarmed, s.StatementsWarmFailed,
-		s.InUse, s.OldestInUse, s.HeldPastThreshold, s.Exhaustions)
+		s.InUse, s.OldestInUse, s.HeldPastThreshold, s.Exhaustions) + hostsString(s.Hosts)
+}
+
+// hostsString is " hosts=h1:n1,h2:n2(down)" for Counters.String, "" for one host.
+func hostsString(hosts []HostStats) string {
+	if len(hosts) == 0 {
+		return ""
+	}
+	parts := make([]string, len(hosts))
+	for i, h := range hosts {
+		parts[i] = h.Host + "=" + strconv.Itoa(h.Conns)
+		switch {
+		case h.Down:
+			parts[i] += "(down)"
+		case h.WrongRole:
+			parts[i] += "(wrong_role)"
+		}
+	}
+	return " hosts=" + strings.Join(parts, ",")
 }
 
 type stats struct {
@@ -103,6 +129,7 @@ func (c *Connector) Stats() Counters {
 
 		InUse: c.holds.inUse.Load(), OldestInUse: c.holds.oldest(),
 		HeldPastThreshold: c.holds.leaks.Load(), Exhaustions: c.holds.reports.Load(),
+		Hosts: c.cfg.hosts.stats(),
 	}
 }
 

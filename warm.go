@@ -185,7 +185,7 @@ func warm(ctx context.Context, db *sql.DB, n, p int, timeout time.Duration, cfg 
 	if n == 0 {
 		return rep, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, warmingKey{}, true), timeout)
 	defer cancel()
 	// yctx ends when warm yields to the application, or with ctx.
 	yctx, yield := context.WithCancelCause(ctx)

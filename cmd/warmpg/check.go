@@ -129,8 +129,41 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if poolFrom == "" && s.suggested > 0 {
 		poolFrom = "the formula"
 	}
+	db.SetMaxIdleConns(0) // the sample's connections are all spreadHosts's
+	info.hosts, info.balance = spreadHosts(ctx, conn, d)
 	report(stdout, c, d, info, s, poolFrom)
 	return nil
+}
+
+// hostsSample is how many connections per host check holds at once over a
+// multi-host DSN, to show where a pool's connections go.
+const hostsSample = 2
+
+// spreadHosts holds, over a DSN that names several hosts, hostsSample
+// connections per host at once and returns each host's share of them and
+// state (warmpg.Stats), then closes them; nil for one host.
+func spreadHosts(ctx context.Context, conn *warmpg.Connector, d *dsn) ([]warmpg.HostStats, string) {
+	hosts := conn.Stats().Hosts
+	if len(hosts) < 2 {
+		return nil, ""
+	}
+	balance := "disable"
+	if v, ok := d.get("load_balance_hosts"); ok {
+		balance = strings.TrimSpace(v)
+	}
+	var held []driver.Conn
+	for range hostsSample * len(hosts) {
+		cn, err := conn.Connect(ctx)
+		if err != nil {
+			break // the hosts' states say why
+		}
+		held = append(held, cn)
+	}
+	hosts = conn.Stats().Hosts
+	for _, cn := range held {
+		cn.Close()
+	}
+	return hosts, balance
 }
 
 func (c *checkConfig) validate() error {
@@ -184,6 +217,10 @@ type serverInfo struct {
 	hasReserved                   bool // the server has reserved_connections (16+)
 	limits                        serverLimits
 	states                        []stateCount
+	// hosts: a multi-host DSN's hosts, with the connections check held on
+	// each (spreadHosts); balance: its load_balance_hosts.
+	hosts   []warmpg.HostStats
+	balance string
 }
 
 type stateCount struct {
@@ -362,6 +399,29 @@ func report(w io.Writer, c checkConfig, d *dsn, info *serverInfo, s sizing, pool
 	use.add("free slots", strconv.Itoa(s.free))
 	use.notes = append(use.notes, "the sizing below counts these as other services; if some are this application's own, it errs on the safe side")
 	use.print(w)
+
+	if len(info.hosts) > 0 {
+		held := 0
+		for _, h := range info.hosts {
+			held += h.Conns
+		}
+		ht := table{title: fmt.Sprintf("Hosts (load_balance_hosts=%s; %d connections held at once)", info.balance, held), head: []string{"host", "connections", "state"}}
+		for _, h := range info.hosts {
+			state := "up"
+			switch {
+			case h.Down:
+				state = "down (skipped until pool_host_recheck)"
+			case h.WrongRole:
+				state = "wrong role for target_session_attrs"
+			}
+			ht.add(h.Host, strconv.Itoa(h.Conns), state)
+		}
+		if info.balance != "random" {
+			ht.notes = append(ht.notes, "without load_balance_hosts=random every connection goes to the first host that is up and eligible, as libpq does")
+		}
+		ht.notes = append(ht.notes, "the Server and Sizing tables describe the host this check's first connection reached")
+		ht.print(w)
+	}
 
 	sz := table{title: "Sizing", head: []string{"item", "value"}}
 	if s.suggested > 0 {

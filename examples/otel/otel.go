@@ -114,6 +114,8 @@ func (p *Pool) Close() error {
 //
 //	warmpg.connections.in_use        {connection}   checked out now
 //	warmpg.connections.oldest_in_use s              how long the longest holder has held its connection
+//	warmpg.host.connections          {connection}   for a DSN that names several hosts: the pool's connections to each,
+//	                                                by warmpg.host (host:port) and warmpg.host.state (up, down, wrong_role)
 func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ...attribute.KeyValue) (metric.Registration, error) {
 	counter := func(name, unit, desc string) (metric.Int64ObservableCounter, error) {
 		return meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -138,7 +140,9 @@ func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ..
 		metric.WithDescription("Connections checked out now, as warmpg counts them."))
 	oldest, err14 := meter.Float64ObservableGauge("warmpg.connections.oldest_in_use", metric.WithUnit("s"),
 		metric.WithDescription("How long the longest holder has held its connection."))
-	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14); err != nil {
+	hostConns, err15 := meter.Int64ObservableGauge("warmpg.host.connections", metric.WithUnit("{connection}"),
+		metric.WithDescription("For a DSN that names several hosts: the pool's connections to each host now, by host and state (up, down, wrong_role)."))
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8, err9, err10, err11, err12, err13, err14, err15); err != nil {
 		return nil, err
 	}
 	base := metric.WithAttributes(attrs...)
@@ -165,9 +169,20 @@ func RegisterCounters(meter metric.Meter, stats func() warmpg.Counters, attrs ..
 		o.ObserveInt64(exhaustions, s.Exhaustions, base)
 		o.ObserveInt64(inUse, s.InUse, base)
 		o.ObserveFloat64(oldest, s.OldestInUse.Seconds(), base)
+		for _, h := range s.Hosts {
+			state := "up"
+			switch {
+			case h.Down:
+				state = "down"
+			case h.WrongRole:
+				state = "wrong_role"
+			}
+			o.ObserveInt64(hostConns, int64(h.Conns), metric.WithAttributes(append(attrs[:len(attrs):len(attrs)],
+				attribute.String("warmpg.host", h.Host), attribute.String("warmpg.host.state", state))...))
+		}
 		return nil
 	}, connects, connectErrors, fromReady, reuses, autocommit, autocommitUp, replans, lazy, warmed, warmFailed,
-		heldPast, exhaustions, inUse, oldest)
+		heldPast, exhaustions, inUse, oldest, hostConns)
 }
 
 // PgxConn returns the *pgx.Conn under a driver connection handed to

@@ -582,6 +582,7 @@ func TestRegisterCountersExportsEveryCounter(t *testing.T) {
 		"OldestInUse":          {Metric: "warmpg.connections.oldest_in_use", Gauge: true},
 		"HeldPastThreshold":    {Metric: "warmpg.connections.held_past_threshold"},
 		"Exhaustions":          {Metric: "warmpg.pool.exhaustions"},
+		"Hosts":                {Metric: "warmpg.host.connections{db1:5432 up}", Gauge: true},
 	}
 
 	s, values := extest.DistinctCounters(t)
@@ -603,6 +604,10 @@ func TestRegisterCountersExportsEveryCounter(t *testing.T) {
 		id := name
 		if o, ok := attrs.Value("warmpg.reuse.outcome"); ok {
 			id += "{" + o.AsString() + "}"
+		}
+		if h, ok := attrs.Value("warmpg.host"); ok {
+			st, _ := attrs.Value("warmpg.host.state")
+			id += "{" + h.AsString() + " " + st.AsString() + "}"
 		}
 		if ns, ok := attrs.Value("db.namespace"); !ok || ns.AsString() != "orders" {
 			t.Errorf("%s: db.namespace %q (found %v), want orders", id, ns.AsString(), ok)

@@ -26,6 +26,8 @@
 //	warmpg_connection_oldest_in_use_seconds  gauge: how long the longest holder has held its connection
 //	warmpg_connections_held_past_threshold_total  checkouts held past pool_leak_threshold
 //	warmpg_pool_exhaustions_total            times the pool was reported exhausted
+//	warmpg_host_connections{host,state}      gauge, for a DSN that names several hosts: the pool's connections
+//	                                         to each host now; state up, down or wrong_role (docs/replicas.md)
 //
 // What to watch: outcome="discarded" counts connections found dead (a
 // server restart, a killed backend) and replaced before any query failed;

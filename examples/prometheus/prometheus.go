@@ -18,6 +18,7 @@ type Collector struct {
 	autocommitUpgrades, replans, lazyTxs                      *prometheus.Desc
 	statementsWarmed, statementsWarmFailed                    *prometheus.Desc
 	inUse, oldestInUse, heldPastThreshold, exhaustions        *prometheus.Desc
+	hostConns                                                 *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -52,6 +53,8 @@ func NewCollector(dbName string, stats func() warmpg.Counters) *Collector {
 		heldPastThreshold: desc("connections_held_past_threshold_total",
 			"Checkouts held past pool_leak_threshold, each counted once."),
 		exhaustions: desc("pool_exhaustions_total", "Times the pool was reported exhausted (every connection it may open checked out)."),
+		hostConns: desc("host_connections", "For a DSN that names several hosts: the pool's connections to each host now, and the host's state: up, down (a connect found it down; skipped until rechecked) or wrong_role (for target_session_attrs).",
+			"host", "state"),
 	}
 }
 
@@ -72,7 +75,7 @@ func NewCollectorForDB(db *sql.DB, dbName string) (*Collector, error) {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.connects, c.connectErrors, c.fromReady, c.reuses, c.autocommitTxs,
 		c.autocommitUpgrades, c.replans, c.lazyTxs, c.statementsWarmed, c.statementsWarmFailed,
-		c.inUse, c.oldestInUse, c.heldPastThreshold, c.exhaustions} {
+		c.inUse, c.oldestInUse, c.heldPastThreshold, c.exhaustions, c.hostConns} {
 		ch <- d
 	}
 }
@@ -101,6 +104,21 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.exhaustions, s.Exhaustions)
 	ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(s.InUse))
 	ch <- prometheus.MustNewConstMetric(c.oldestInUse, prometheus.GaugeValue, s.OldestInUse.Seconds())
+	for _, h := range s.Hosts {
+		ch <- prometheus.MustNewConstMetric(c.hostConns, prometheus.GaugeValue, float64(h.Conns), h.Host, HostState(h))
+	}
+}
+
+// HostState is a host's state as the exporters label it: up, down or
+// wrong_role.
+func HostState(h warmpg.HostStats) string {
+	switch {
+	case h.Down:
+		return "down"
+	case h.WrongRole:
+		return "wrong_role"
+	}
+	return "up"
 }
 
 // Register registers, on reg, database/sql's statistics of db (go_sql_*)

@@ -266,6 +266,7 @@ func TestCollectorExportsEveryCounter(t *testing.T) {
 		"OldestInUse":          {Metric: `warmpg_connection_oldest_in_use_seconds`, Gauge: true},
 		"HeldPastThreshold":    {Metric: `warmpg_connections_held_past_threshold_total`},
 		"Exhaustions":          {Metric: `warmpg_pool_exhaustions_total`},
+		"Hosts":                {Metric: `warmpg_host_connections{host="db1:5432",state="up"}`, Gauge: true},
 	}
 
 	s, values := extest.DistinctCounters(t)

@@ -109,6 +109,9 @@ func DistinctCounters(t testing.TB) (warmpg.Counters, map[float64]string) {
 			v.Field(i).SetInt(n * int64(time.Second))
 		case f.Type.Kind() == reflect.Int64:
 			v.Field(i).SetInt(n)
+		case f.Type == reflect.TypeFor[[]warmpg.HostStats]():
+			// One host, up, holding n connections.
+			v.Field(i).Set(reflect.ValueOf([]warmpg.HostStats{{Host: "db1:5432", Conns: int(n)}}))
 		default:
 			t.Fatalf("Counters.%s is a %s: teach the exporters (and their tests) its unit", f.Name, f.Type)
 		}
