@@ -305,17 +305,10 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	switch e := c.inner.(type) {
 	case driver.ExecerContext:
 		t := readText(query)
-		extended, replan := len(args) > 0, (func(context.Context) error)(nil)
-		if c.pgx != nil {
-			// pgx drops the stale entry of its statement cache itself, and
-			// one prepared under the same name is prepared again; lib/pq
-			// runs it on the unnamed statement, prepared anew each time.
-			extended = c.pgxExtended(args, true)
-			replan = func(ctx context.Context) error { return c.repreparePgx(ctx, query) }
-		}
+		extended := c.directExtended(args, true)
 		return run(c, ctx, &t, wayDirect, len(args), extended, func(ctx context.Context) (driver.Result, error) {
 			return e.ExecContext(ctx, query, args)
-		}, replan)
+		}, nil)
 	case driver.Execer: //nolint:staticcheck // legacy drivers
 		values, err := namedValuesToValues(args)
 		if err != nil {
@@ -338,17 +331,10 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	switch q := c.inner.(type) {
 	case driver.QueryerContext:
 		t := readText(query)
-		extended, replan := len(args) > 0, (func(context.Context) error)(nil)
-		if c.pgx != nil {
-			// pgx drops the stale entry of its statement cache itself, and
-			// one prepared under the same name is prepared again; lib/pq
-			// runs it on the unnamed statement, prepared anew each time.
-			extended = c.pgxExtended(args, false)
-			replan = func(ctx context.Context) error { return c.repreparePgx(ctx, query) }
-		}
+		extended := c.directExtended(args, false)
 		return run(c, ctx, &t, wayDirect, len(args), extended, func(ctx context.Context) (driver.Rows, error) {
 			return q.QueryContext(ctx, query, args)
-		}, replan)
+		}, nil)
 	case driver.Queryer: //nolint:staticcheck // legacy drivers
 		values, err := namedValuesToValues(args)
 		if err != nil {

@@ -306,8 +306,7 @@ func readPasswordFile(path string) (string, error) {
 // authRefused reports whether a connect failed because the server refused
 // the password (SQLSTATE 28P01, invalid_password; pgx and lib/pq alike).
 func authRefused(err error) bool {
-	var coded interface{ SQLState() string }
-	return errors.As(err, &coded) && coded.SQLState() == "28P01"
+	return sqlState(err) == "28P01"
 }
 
 // passwordConnector is the inner connector of a pool with a password

@@ -300,14 +300,13 @@ func classifyHostError(ctx context.Context, err error) hostFailure {
 	if errors.Is(err, errWrongRole) || slices.Contains(pqRoleErrors, err.Error()) {
 		return failRole
 	}
-	var coded interface{ SQLState() string }
-	if errors.As(err, &coded) {
-		switch coded.SQLState() {
-		case "57P03":
-			return failDown // starting up, shutting down
-		case "28P01", "3D000", "42501":
-			return failStop // as pgx: the same everywhere
-		}
+	switch sqlState(err) {
+	case "":
+	case "57P03":
+		return failDown // starting up, shutting down
+	case "28P01", "3D000", "42501":
+		return failStop // as pgx: the same everywhere
+	default:
 		return failOther
 	}
 	var ne net.Error

@@ -589,9 +589,17 @@ func transientConnectError(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return true
 	}
-	// pgx's *pgconn.PgError and lib/pq's *pq.Error both say SQLState.
+	return sqlState(err) == "57P03"
+}
+
+// sqlState returns the SQLSTATE of a server error, as pgx's
+// *pgconn.PgError and lib/pq's *pq.Error both say it, or "".
+func sqlState(err error) string {
 	var coded interface{ SQLState() string }
-	return errors.As(err, &coded) && coded.SQLState() == "57P03"
+	if errors.As(err, &coded) {
+		return coded.SQLState()
+	}
+	return ""
 }
 
 // expired reports whether the connection's own, jittered lifetime has

@@ -193,6 +193,16 @@ options:
 	return !exec || n > 0
 }
 
+// directExtended reports whether a statement run directly with args goes
+// by the extended protocol: on pgx as pgxExtended decides, on any other
+// driver (lib/pq) whenever it has arguments.
+func (c *conn) directExtended(args []driver.NamedValue, exec bool) bool {
+	if c.pgx == nil {
+		return len(args) > 0
+	}
+	return c.pgxExtended(args, exec)
+}
+
 // replanned counts and logs one statement sent again.
 func (c *conn) replanned(prepared bool) {
 	c.c.stats.replans.Add(1)

@@ -130,9 +130,13 @@ func (c *conn) leave(ctx context.Context, t *stmtText, err error, simple bool) e
 
 // run is the statement step (see above) for a statement that returns T
 // (driver.Result, driver.Rows): send runs it once in the inner driver;
-// replan, called before the step resends a statement the replan error
-// failed, makes the resend run the new plan (nil: never resent). Rows
-// keep the watchdog or cancel handler armed until they are closed.
+// replan, called before the step resends a prepared statement the replan
+// error failed, makes the resend run the new plan (nil: never resent). A
+// statement run directly on pgx is prepared again under its name when
+// pgx holds one (repreparePgx; pgx drops the stale entry of its statement
+// cache itself); lib/pq runs one on the unnamed statement, prepared anew
+// each time, and it is never resent. Rows keep the watchdog or cancel
+// handler armed until they are closed.
 func run[T any](c *conn, ctx context.Context, t *stmtText, w way, args int, extended bool,
 	send func(context.Context) (T, error), replan func(context.Context) error) (T, error) {
 	if err := c.enter(ctx, t, w, args); err != nil {
@@ -141,12 +145,17 @@ func run[T any](c *conn, ctx context.Context, t *stmtText, w way, args int, exte
 	}
 	disarm := c.watch(ctx)
 	res, err := send(ctx)
-	if err != nil && replan != nil && isReplanErr(err) && c.mayResend(ctx, err, t, extended) {
-		if rerr := replan(ctx); rerr != nil {
-			err = errors.Join(err, rerr)
-		} else {
-			c.replanned(w == wayStmt)
-			res, err = send(ctx)
+	if err != nil && isReplanErr(err) {
+		if replan == nil && w == wayDirect && c.pgx != nil {
+			replan = func(ctx context.Context) error { return c.repreparePgx(ctx, t.sql) }
+		}
+		if replan != nil && c.mayResend(ctx, err, t, extended) {
+			if rerr := replan(ctx); rerr != nil {
+				err = errors.Join(err, rerr)
+			} else {
+				c.replanned(w == wayStmt)
+				res, err = send(ctx)
+			}
 		}
 	}
 	err = c.leave(ctx, t, err, w == wayDirect && !extended && args == 0)

@@ -558,9 +558,7 @@ const (
 // "sorry, too many clients already", "remaining connection slots are
 // reserved ...", "too many connections for role ...").
 func serverFull(err error) bool {
-	// pgx's *pgconn.PgError and lib/pq's *pq.Error both say SQLState.
-	var coded interface{ SQLState() string }
-	return errors.As(err, &coded) && coded.SQLState() == "53300"
+	return sqlState(err) == "53300"
 }
 
 // raise sets m to v if v is larger.

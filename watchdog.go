@@ -3,7 +3,6 @@ package warmpg
 import (
 	"context"
 	"database/sql/driver"
-	"errors"
 	"fmt"
 	"io"
 	"reflect"
@@ -146,8 +145,7 @@ func (c *conn) ctxErr(ctx context.Context, err error) error {
 	if err == nil || err == io.EOF || ctx.Err() == nil { //nolint:errorlint // io.EOF is compared with == by database/sql
 		return err
 	}
-	var coded interface{ SQLState() string }
-	if !c.timedOut.Load() && !(errors.As(err, &coded) && coded.SQLState() == "57014") {
+	if !c.timedOut.Load() && sqlState(err) != "57014" {
 		return err
 	}
 	return fmt.Errorf("%w (%w)", ctx.Err(), err)

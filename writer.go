@@ -128,8 +128,7 @@ func (c *conn) checkDemoted() error {
 // isReadOnlyErr reports whether err is the server's 25006 (read-only SQL
 // transaction: a write refused).
 func isReadOnlyErr(err error) bool {
-	var coded interface{ SQLState() string }
-	return errors.As(err, &coded) && coded.SQLState() == "25006"
+	return sqlState(err) == "25006"
 }
 
 // noteWriteRefused takes a statement's 25006 on a writer pool: on pgx the
