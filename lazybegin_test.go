@@ -42,6 +42,31 @@ func lazyDB(t *testing.T, dsn func(...string) string, params ...string) *sql.DB 
 	return db
 }
 
+// holdConn takes one connection of db for the test (closed when it ends).
+func holdConn(t *testing.T, ctx context.Context, db *sql.DB) *sql.Conn {
+	t.Helper()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// connTx takes one connection of db and begins a transaction with opts on
+// it; when the test ends the transaction is rolled back (if still open)
+// and the connection closed.
+func connTx(t *testing.T, ctx context.Context, db *sql.DB, opts *sql.TxOptions) (*sql.Conn, *sql.Tx) {
+	t.Helper()
+	conn := holdConn(t, ctx, db)
+	tx, err := conn.BeginTx(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback() })
+	return conn, tx
+}
+
 // txControl returns the transaction-control statements the proxy saw, in
 // order: each BEGIN, COMMIT and ROLLBACK, sent as a simple Query of its own,
 // in a Parse (pool_lazy_begin's BEGIN, with the first statement), or at the
@@ -883,15 +908,7 @@ func TestLazyBeginRawAfterFailedBegin(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
 	_, standby := replicaPair(t, ctx)
 	db := lazyDB(t, standby.URL, "pool_lazy_begin=true")
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, tx := connTx(t, ctx, db, &sql.TxOptions{Isolation: sql.LevelSerializable})
 	var one int
 	if err := tx.QueryRowContext(ctx, "select $1::int", 1).Scan(&one); !errors.Is(err, warmpg.ErrLazyBeginFailed) {
 		t.Fatalf("first statement on a standby, SERIALIZABLE: %v, want ErrLazyBeginFailed", err)

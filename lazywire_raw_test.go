@@ -88,16 +88,7 @@ func TestLazyBeginRawPipelineBegun(t *testing.T) {
 	db := lazyDB(t, srv.URL, "pool_lazy_begin=true")
 	for _, segments := range []int{2, 3} {
 		t.Run(fmt.Sprint(segments), func(t *testing.T) {
-			conn, err := db.Conn(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback()
+			conn, tx := connTx(t, ctx, db, &sql.TxOptions{Isolation: sql.LevelSerializable})
 			var rows []string
 			var syncErr error
 			var resErrs []error
@@ -140,16 +131,7 @@ func TestLazyBeginRawPipelineFailedBegin(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
 	_, standby := replicaPair(t, ctx)
 	db := lazyDB(t, standby.URL, "pool_lazy_begin=true")
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
+	conn, tx := connTx(t, ctx, db, &sql.TxOptions{Isolation: sql.LevelSerializable})
 	var rows []string
 	var syncErr error
 	var resErrs []error
@@ -184,11 +166,7 @@ func TestLazyBeginRawUnnamedStatement(t *testing.T) {
 	srv := pgtest.Get(t)
 	ctx := ctxT(t, 60*time.Second)
 	db := lazyDB(t, srv.URL, "pool_lazy_begin=true")
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := holdConn(t, ctx, db)
 	for i := range 2 {
 		unnamedAcrossBegin(t, ctx, conn, nil, 42+i)
 	}
@@ -257,15 +235,7 @@ func TestLazyBeginRawUnnamedAfterFailedBegin(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
 	_, standby := replicaPair(t, ctx)
 	db := lazyDB(t, standby.URL, "pool_lazy_begin=true")
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelSerializable})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, tx := connTx(t, ctx, db, &sql.TxOptions{Isolation: sql.LevelSerializable})
 	var one int
 	if err := tx.QueryRowContext(ctx, "select $1::int", 1).Scan(&one); !errors.Is(err, warmpg.ErrLazyBeginFailed) {
 		t.Fatalf("first statement on a standby, SERIALIZABLE: %v, want ErrLazyBeginFailed", err)

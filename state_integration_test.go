@@ -51,11 +51,7 @@ func TestConnStateMachine(t *testing.T) {
 
 	t.Run("autocommit", func(t *testing.T) {
 		db := lazyDB(t, srv.URL, "pool_autocommit=true")
-		conn, err := db.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := holdConn(t, ctx, db)
 		want(t, conn, "idle", false)
 		tx, err := conn.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 		if err != nil {
@@ -89,16 +85,7 @@ func TestConnStateMachine(t *testing.T) {
 		name := map[bool]string{true: "lazy", false: "eager"}[lazy]
 		t.Run(name, func(t *testing.T) {
 			db := lazyDB(t, srv.URL, "pool_lazy_begin="+map[bool]string{true: "true", false: "false"}[lazy])
-			conn, err := db.Conn(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			tx, err := conn.BeginTx(ctx, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback()
+			conn, tx := connTx(t, ctx, db, nil)
 			if lazy {
 				want(t, conn, "pending", false)
 			} else {
@@ -150,11 +137,7 @@ func TestConnStateMachine(t *testing.T) {
 	t.Run("failed", func(t *testing.T) {
 		_, standby := replicaPair(t, ctx)
 		db := lazyDB(t, standby.URL, "pool_lazy_begin=true")
-		conn, err := db.Conn(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := holdConn(t, ctx, db)
 		stmt, err := conn.PrepareContext(ctx, "select $1::int")
 		if err != nil {
 			t.Fatal(err)
