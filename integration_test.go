@@ -74,10 +74,8 @@ func killBackends(t *testing.T, ctx context.Context, srv *pgtest.Server, app str
 		t.Fatal(err)
 	}
 	defer c.Close(context.Background())
-	var pids []int32
-	err = c.QueryRow(ctx, `select coalesce(array_agg(pid), '{}') from pg_stat_activity
-		where backend_type = 'client backend' and application_name = $1 and pid <> pg_backend_pid()`, app).Scan(&pids)
-	if err == nil && len(pids) != want {
+	pids := backendPIDs(t, ctx, srv, app)
+	if len(pids) != want {
 		err = fmt.Errorf("found %d backends", len(pids))
 	}
 	var n int
