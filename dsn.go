@@ -289,7 +289,7 @@ func splitKeyValue(s string) (parsedDSN, error) {
 // for d.masked, which cannot show it; if d.masked parses, the password
 // alone was refused and no parser message is shown.
 func (d *parsedDSN) backendError(backend Backend, err error, parse func(string) error) error {
-	if errors.As(err, new(tcpKeyError)) {
+	if errors.As(err, new(libpqKeyError)) {
 		return err // warmpg's own, and no password in it
 	}
 	if d.secret {

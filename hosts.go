@@ -63,7 +63,7 @@ const (
 )
 
 func lbError(v string) error {
-	return tcpKeyError{fmt.Errorf("warmpg: invalid DSN %s=%q: want disable (the default: the hosts in the DSN's order) or random", lbKey, v)}
+	return libpqKeyError{fmt.Errorf("warmpg: invalid DSN %s=%q: want disable (the default: the hosts in the DSN's order) or random", lbKey, v)}
 }
 
 // takeLoadBalance removes load_balance_hosts from a pgx config's runtime
@@ -81,7 +81,7 @@ func takeLoadBalance(settings map[string]string) (string, error) {
 		return v, nil
 	}
 	if !inDSN {
-		return "", tcpKeyError{fmt.Errorf("warmpg: invalid environment variable %s=%q: want disable (the default: the hosts in the DSN's order) or random", lbEnv, v)}
+		return "", libpqKeyError{fmt.Errorf("warmpg: invalid environment variable %s=%q: want disable (the default: the hosts in the DSN's order) or random", lbEnv, v)}
 	}
 	return "", lbError(v)
 }

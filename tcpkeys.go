@@ -48,9 +48,10 @@ var tcpKeyLimit = map[string]int{
 	"tcp_user_timeout":    2147483647,
 }
 
-// tcpKeyError is a DSN's TCP key that warmpg refused; the message names the
-// key, the value and what is allowed, and holds no password.
-type tcpKeyError struct{ error }
+// libpqKeyError is a libpq key warmpg reads itself (the TCP keys,
+// load_balance_hosts) that it refused; the message names the key, the
+// value and what is allowed, and holds no password.
+type libpqKeyError struct{ error }
 
 // takeTCPKeys removes libpq's TCP keys from a backend's runtime settings
 // (what pgx or lib/pq would send the server: the DSN's unknown keys, a
@@ -112,7 +113,7 @@ func takeTCPKeys(settings map[string]string) (*tcpKeys, error) {
 		}
 	}
 	if len(errs) > 0 {
-		return nil, tcpKeyError{errors.Join(errs...)}
+		return nil, libpqKeyError{errors.Join(errs...)}
 	}
 	if !found {
 		return nil, nil
