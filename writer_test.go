@@ -20,8 +20,9 @@ import (
 type demotionRun struct {
 	ok, failed int // writes during the run
 	readOnly   int // of the failed: 25006
-	// okReadOnly: writes that succeeded while the server was read-only
-	// (from 100 ms after the reload to the writer's return).
+	// okReadOnly: writes that succeeded while the server was read-only:
+	// sent 100 ms or more after the reload reached the server's sessions,
+	// and answered before the writer's return began.
 	okReadOnly int
 	firstOK    time.Duration // from the writer's return to the first write that succeeded after it
 }
@@ -33,7 +34,7 @@ type demotionRun struct {
 // a writer again.
 func runDemotion(t *testing.T, ctx context.Context, srv *pgtest.Server, db *sql.DB, table string) demotionRun {
 	t.Helper()
-	set := func(sql string) func() {
+	set := func(sql, want string) func() {
 		return func() {
 			if err := srv.Exec(ctx, sql); err != nil {
 				t.Error(err)
@@ -41,9 +42,39 @@ func runDemotion(t *testing.T, ctx context.Context, srv *pgtest.Server, db *sql.
 			if err := srv.Exec(ctx, "select pg_reload_conf()"); err != nil {
 				t.Error(err)
 			}
+			// pg_reload_conf only signals the postmaster; it reloads and
+			// signals the backends when it gets to it (tens of ms on a
+			// loaded machine). A new session sees the setting once the
+			// postmaster has reloaded, and the backends were signalled
+			// then: the demotion counts from here.
+			waitSetting(t, ctx, srv, "default_transaction_read_only", want)
 		}
 	}
-	return runSwitch(t, ctx, db, table, set("alter system set default_transaction_read_only = on"), set("alter system reset default_transaction_read_only"))
+	return runSwitch(t, ctx, db, table,
+		set("alter system set default_transaction_read_only = on", "on"),
+		set("alter system reset default_transaction_read_only", "off"))
+}
+
+// waitSetting waits (at most 10 s) until a new session on srv shows the
+// setting name as want.
+func waitSetting(t *testing.T, ctx context.Context, srv *pgtest.Server, name, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := srv.Connect(ctx)
+		var got string
+		if err == nil {
+			err = conn.QueryRow(ctx, "select current_setting($1)", name).Scan(&got)
+			conn.Close(ctx)
+		}
+		if err == nil && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is %q (err %v) 10 s after the reload, want %q", name, got, err, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // runSwitch is runDemotion's load around demote, at 0.5 s, and restore,
@@ -52,8 +83,9 @@ func runSwitch(t *testing.T, ctx context.Context, db *sql.DB, table string, demo
 	t.Helper()
 	var mu sync.Mutex
 	var run demotionRun
-	var restored atomic.Int64 // UnixNano of the writer's return; 0 before
-	var demoted atomic.Int64  // UnixNano of the read-only reload; 0 before
+	var restored atomic.Int64  // UnixNano of the writer's return; 0 before
+	var restoring atomic.Int64 // UnixNano of the start of the return; 0 before
+	var demoted atomic.Int64   // UnixNano of the read-only reload; 0 before
 	start := time.Now()
 	stop := start.Add(2500 * time.Millisecond)
 	var wg sync.WaitGroup
@@ -63,13 +95,16 @@ func runSwitch(t *testing.T, ctx context.Context, db *sql.DB, table string, demo
 			defer wg.Done()
 			for i := 0; time.Now().Before(stop) && ctx.Err() == nil; i++ {
 				wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				sent := time.Now()
 				_, err := db.ExecContext(wctx, "insert into "+table+" values ($1, $2)", w, i)
 				cancel()
 				at := time.Now()
 				mu.Lock()
 				if err == nil {
 					run.ok++
-					if d := demoted.Load(); d != 0 && restore != nil && restored.Load() == 0 && at.After(time.Unix(0, d).Add(100*time.Millisecond)) {
+					d := demoted.Load()
+					if r := restoring.Load(); d != 0 && restore != nil && sent.After(time.Unix(0, d).Add(100*time.Millisecond)) &&
+						(r == 0 || at.Before(time.Unix(0, r))) {
 						run.okReadOnly++
 					}
 					if r := restored.Load(); r != 0 && run.firstOK == 0 {
@@ -96,6 +131,7 @@ func runSwitch(t *testing.T, ctx context.Context, db *sql.DB, table string, demo
 		restored.Store(time.Now().UnixNano())
 	} else {
 		time.Sleep(time.Until(start.Add(1500 * time.Millisecond)))
+		restoring.Store(time.Now().UnixNano())
 		restore()
 		restored.Store(time.Now().UnixNano())
 	}
