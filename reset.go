@@ -635,6 +635,7 @@ func (c *conn) captureSession(ctx context.Context) error {
 		if !ok {
 			return nil
 		}
+		defer c.watch(ctx)() // bounded by ctx as the application's statements are
 		rows, err := q.QueryContext(ctx, setupSQL, nil)
 		if err != nil {
 			return err

@@ -3,6 +3,7 @@ package warmpg_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"syscall"
 	"testing"
@@ -89,6 +90,22 @@ func TestFaultFrozenBackendLibPQ(t *testing.T) {
 				return nil, err
 			}
 			return func(qctx context.Context) error { var n int; return st.QueryRowContext(qctx, 1).Scan(&n) }, nil
+		}},
+		// A write refused with 25006 (a function that makes its own
+		// transaction read-only and writes): lib/pq reports no settings,
+		// so the next reuse asks the server its role, one round trip of
+		// warmpg's own (issue 27), before the reset.
+		{"role check after a refused write", "check", func(db *sql.DB) (func(context.Context) error, error) {
+			if _, err := db.ExecContext(ctx, `create or replace function warmpg_refused() returns void language plpgsql as $$
+				begin set local transaction_read_only = on; create temp table warmpg_refused_t (); end $$`); err != nil {
+				return nil, err
+			}
+			_, err := db.ExecContext(ctx, "select warmpg_refused()")
+			var coded interface{ SQLState() string }
+			if !errors.As(err, &coded) || coded.SQLState() != "25006" {
+				return nil, fmt.Errorf("select warmpg_refused(): %v, want 25006", err)
+			}
+			return query("")(db)
 		}},
 		{"commit", "check", tx(true)},
 		{"rollback", "check", tx(false)},

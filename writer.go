@@ -151,12 +151,15 @@ func (c *conn) noteWriteRefused() {
 const roleSQL = "select pg_is_in_recovery() or (select reset_val from pg_settings where name = 'default_transaction_read_only') = 'on'"
 
 // serverReadOnly asks the server whether it is read-only (drivers that
-// report no settings; one round trip).
+// report no settings; one round trip, bounded by ctx through the watchdog
+// as the application's statements are: a hung server does not hold the
+// reuse or the connect that asks).
 func (c *conn) serverReadOnly(ctx context.Context) (bool, error) {
 	q, ok := c.inner.(driver.QueryerContext)
 	if !ok {
 		return false, nil
 	}
+	defer c.watch(ctx)()
 	rows, err := q.QueryContext(ctx, roleSQL, nil)
 	if err != nil {
 		return false, err
