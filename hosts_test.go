@@ -427,9 +427,12 @@ var _ = context.Background
 
 // Under load, one of three hosts (a primary and two hot standbys) is
 // stopped and started again: the queries that fail are those in flight on
-// its connections, new connects skip it while it is down, and once it is
-// back (rechecked after pool_host_recheck) it gets its share again as
-// connections are renewed (pool_max_conn_lifetime), with no storm.
+// its connections, and once it is back (rechecked after pool_host_recheck)
+// it gets its share again as connections are renewed
+// (pool_max_conn_lifetime), with no storm. That connects skip a down host
+// until its recheck is TestHostRecheck's and TestHostDownBlackHole's, where
+// proxies count the dials: here the server may accept a recheck before
+// pg_ctl start returns, so what it holds at that moment says nothing.
 func TestHostStopUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three servers and stops one")
@@ -512,9 +515,6 @@ func TestHostStopUnderLoad(t *testing.T) {
 					c.Close(ctx)
 				}
 				return out
-			}
-			if got := backends(); got[1] != 0 {
-				t.Errorf("backends %v on the restarted host before its recheck, want 0", got)
 			}
 			for time.Now().Before(deadline) {
 				last = backends()
