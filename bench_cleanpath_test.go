@@ -32,25 +32,30 @@ import (
 func BenchmarkCleanPath(b *testing.B) {
 	srv := pgtest.Get(b)
 	ctx := context.Background()
-	open := map[string]func() (*sql.DB, error){
-		"pgx-noping": func() (*sql.DB, error) {
-			cfg, err := pgx.ParseConfig(srv.URL())
-			if err != nil {
-				return nil, err
+	names := []string{"pgx-noping", "warmpg"}
+	// open opens the named pool of one connection, closed when b ends.
+	open := func(b *testing.B, name string) *sql.DB {
+		var db *sql.DB
+		if name == "warmpg" {
+			var err error
+			if db, err = warmpg.Open(srv.URL("pool_max_conns=1")); err != nil {
+				b.Fatal(err)
 			}
-			return sql.OpenDB(stdlib.GetConnector(*cfg, stdlib.OptionShouldPing(func(context.Context, stdlib.ShouldPingParams) bool { return false }))), nil
-		},
-		"warmpg": func() (*sql.DB, error) { return warmpg.Open(srv.URL("pool_max_conns=1")) },
-	}
-	for _, name := range []string{"pgx-noping", "warmpg"} {
-		b.Run(name, func(b *testing.B) {
-			db, err := open[name]()
+		} else {
+			cfg, err := pgx.ParseConfig(srv.URL())
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer db.Close()
-			db.SetMaxOpenConns(1)
-			db.SetMaxIdleConns(1)
+			db = sql.OpenDB(stdlib.GetConnector(*cfg, stdlib.OptionShouldPing(func(context.Context, stdlib.ShouldPingParams) bool { return false })))
+		}
+		b.Cleanup(func() { db.Close() })
+		db.SetMaxOpenConns(1)
+		db.SetMaxIdleConns(1)
+		return db
+	}
+	for _, name := range names {
+		b.Run(name, func(b *testing.B) {
+			db := open(b, name)
 			var n int
 			for range 100 {
 				if err := db.QueryRowContext(ctx, "select $1::int", 1).Scan(&n); err != nil {
@@ -67,17 +72,7 @@ func BenchmarkCleanPath(b *testing.B) {
 		})
 	}
 	b.Run("interleaved", func(b *testing.B) {
-		var dbs [2]*sql.DB // pgx-noping, warmpg
-		for i, name := range []string{"pgx-noping", "warmpg"} {
-			db, err := open[name]()
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer db.Close()
-			db.SetMaxOpenConns(1)
-			db.SetMaxIdleConns(1)
-			dbs[i] = db
-		}
+		dbs := [2]*sql.DB{open(b, names[0]), open(b, names[1])}
 		run := func(db *sql.DB, n int) time.Duration {
 			start := time.Now()
 			for i := range n {
